@@ -1,0 +1,36 @@
+# Two entry points: `make demo` (set up, then the main job) and `make test` (set up, then the suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU machines: the torch build pip finds locally. GPU users: install their CUDA torch into
+# $(VENV) first (any version the project's range admits); this step then installs nothing.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test test-all lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/stability train --preset olmo2-small
+
+test: setup
+	$(PY) -m pytest
+
+test-all: setup
+	$(PY) -m pytest -m "slow or not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/bench_throughput.py
+
+clean:
+	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache
