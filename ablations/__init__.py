@@ -1,0 +1,1 @@
+"""Paired ablation grids: spec files in `ablations/grids/` and the grid runner."""

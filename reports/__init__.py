@@ -1,0 +1,1 @@
+"""Reading runs back from MLflow: paired statistics, figures, tables and dashboards."""

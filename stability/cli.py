@@ -1,0 +1,116 @@
+"""The `stability` command: `train`, `config` (print the resolved config) and `presets`.
+
+Bad input (unknown key, wrong type, bad value, missing file) prints one line naming the key and
+what is allowed, and exits with status 2 before anything is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from model.config import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="named preset, e.g. olmo2-small (see `stability presets`)")
+    p.add_argument("--config", help="TOML run config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key, e.g. --set optim.lr=1e-3 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stability", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one run and log it to MLflow")
+    _config_args(p)
+    p.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (tracking.experiment)")
+    p.add_argument("--run-name", help="MLflow run name, also names the checkpoint folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest good checkpoint into the same MLflow run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("config", help="print the resolved config as TOML")
+    _config_args(p)
+
+    sub.add_parser("presets", help="list the named presets")
+    return parser
+
+
+def _resolve(args: argparse.Namespace):
+    from stability.config import load_config
+
+    tracking = {key: getattr(args, flag) for flag, key in (
+        ("tracking_uri", "uri"), ("experiment", "experiment"), ("run_name", "run_name"))
+        if getattr(args, flag, None) is not None}
+    return load_config(args.preset, args.config, args.overrides,
+                       table={"tracking": tracking} if tracking else None)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from stability.tracking import resolve_uri
+    from stability.train import Trainer
+
+    cfg = _resolve(args)
+    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+    stats = trainer.data.stats
+    print(f"run {trainer.run_name}: {trainer.model.num_params():,} params, "
+          f"{stats.get('tokens', 0):,} tokens of {stats.get('source', cfg.data.corpus)}, "
+          f"device {trainer.device}", file=sys.stderr)
+    result = trainer.run()
+    print(f"status: {result.status} after {result.steps} steps"
+          + (f" (diverged at step {result.diverged_at_step})" if result.diverged_at_step is not None
+             else ""))
+    if result.final_loss is not None:
+        print(f"train/loss {result.final_loss:.4f}"
+              + (f"  eval/loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""))
+    print(f"checkpoints: {result.checkpoint_dir}")
+    if trainer.tracker:
+        print(f"MLflow: {resolve_uri(cfg.tracking.uri)}  experiment '{cfg.tracking.experiment}'")
+        print(f"look:   {trainer.tracker.url_hint()}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from stability.config import to_toml
+
+    print(to_toml(_resolve(args)), end="")
+    return 0
+
+
+def cmd_presets(_: argparse.Namespace) -> int:
+    from model import build
+    from stability.presets import preset_names, run_preset
+
+    for name in preset_names():
+        cfg = run_preset(name)
+        m = cfg.model
+        print(f"{name:16s} d_model {m.d_model:5d}  layers {m.n_layers:3d}  heads {m.n_heads:3d}  "
+              f"vocab {m.vocab_size:6d}  steps {cfg.train.steps:6d}  "
+              f"batch {cfg.train.batch_size}x{cfg.train.seq_len}"
+              + (f"  params {build(m).num_params():,}" if m.d_model <= 256 else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "config": cmd_config, "presets": cmd_presets}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("interrupted: rerun with --resume to continue from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""`RunConfig`: the dataclasses of one training run, loaded from presets, TOML and `--set` overrides.
+
+Layering: `RunConfig()` defaults <- a named preset <- a TOML file <- repeatable `--set a.b=value`.
+Every value is type-checked and range-checked before anything is created; a bad one raises
+`ConfigError` with a one-line message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from model.config import ConfigError, ModelConfig
+from stability.data.config import DataConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its stability knobs (REFERENCE.md sections 1 and 3)."""
+
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    embedding_weight_decay: bool = False  # OLMo 2: no decay on embeddings
+    independent_weight_decay: bool = False  # Wortsman et al.: decay scaled by schedule, not by lr
+    skip_step: bool = False  # OLMo-core: skip updates whose loss or grad norm is an outlier
+    skip_step_sigma: float = 6.0
+    skip_step_window: int = 128
+    skip_step_min_history: int = 64
+    clip_grad_norm: float = 1.0  # global-norm clipping threshold; 0 = off
+
+    def validate(self, section: str = "optim") -> None:
+        _positive(section, self, "lr", "eps")
+        _non_negative(section, self, "weight_decay", "clip_grad_norm")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"{section}.betas: need two values in [0, 1), got {self.betas}")
+        if self.skip_step_sigma <= 0:
+            raise ConfigError(f"{section}.skip_step_sigma: must be > 0, got {self.skip_step_sigma}")
+        if not 2 <= self.skip_step_min_history <= self.skip_step_window:
+            raise ConfigError(
+                f"{section}.skip_step_min_history: must be in [2, skip_step_window="
+                f"{self.skip_step_window}], got {self.skip_step_min_history}"
+            )
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: linear warmup, then decay to `alpha_f` x peak at `train.steps`."""
+
+    kind: str = "cosine"
+    warmup_steps: int = 100
+    alpha_f: float = 0.1
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"kind": ("cosine", "linear", "constant")}
+
+    def validate(self, section: str = "schedule") -> None:
+        _check_choices(section, self)
+        _non_negative(section, self, "warmup_steps")
+        if not 0.0 <= self.alpha_f <= 1.0:
+            raise ConfigError(f"{section}.alpha_f: must be in [0, 1], got {self.alpha_f}")
+
+
+@dataclass
+class LossConfig:
+    """Loss = CE + z_loss * mean(logsumexp(logits)^2)."""
+
+    z_loss: float = 1e-5  # coefficient; 0 = off
+
+    def validate(self, section: str = "loss") -> None:
+        _non_negative(section, self, "z_loss")
+
+
+@dataclass
+class TrainConfig:
+    """Budget, batch shape, seed, intervals, checkpoints and device."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    seq_len: int = 128
+    seed: int = 0
+    log_every: int = 10  # host read-out and MLflow write interval
+    eval_every: int = 100  # 0: only at the end
+    eval_batches: int = 8
+    checkpoint_every: int = 0  # 0: only at the end
+    checkpoint_dir: str = ""  # "": runs/<run name>
+    keep_checkpoints: int = 2
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    threads: int = 0  # torch CPU threads; 0: torch's default
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "device": ("auto", "cpu", "cuda"),
+        "precision": ("auto", "fp32", "bf16"),
+    }
+
+    def validate(self, section: str = "train") -> None:
+        _check_choices(section, self)
+        _positive(section, self, "steps", "batch_size", "seq_len", "log_every", "keep_checkpoints")
+        _non_negative(section, self, "seed", "eval_every", "eval_batches", "checkpoint_every", "threads")
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs are logged (DESIGN.md: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite)."""
+
+    enabled: bool = True
+    uri: str = ""
+    experiment: str = "stability"
+    run_name: str = ""
+
+    def validate(self, section: str = "tracking") -> None:
+        if not self.experiment:
+            raise ConfigError(f"{section}.experiment: must not be empty")
+
+
+@dataclass
+class RunConfig:
+    """One training run: the sections of a TOML run file."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    preset: str = ""  # the named preset this config started from ("" = none)
+
+    def validate(self) -> None:
+        """Check every section, then the cross-section rules."""
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.validate(f.name)
+        if self.train.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"train.seq_len: {self.train.seq_len} exceeds model.max_seq_len "
+                f"{self.model.max_seq_len}"
+            )
+        if self.data.tokenizer_vocab > self.model.vocab_size:
+            raise ConfigError(
+                f"data.tokenizer_vocab: {self.data.tokenizer_vocab} exceeds model.vocab_size "
+                f"{self.model.vocab_size}"
+            )
+        if self.train.device == "cpu" and self.model.attention == "xformers":
+            raise ConfigError(
+                "model.attention: 'xformers' needs a CUDA device (allowed on cpu: auto, sdpa, eager)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_choices(section: str, obj: Any) -> None:
+    for key, allowed in getattr(obj, "CHOICES", {}).items():
+        value = getattr(obj, key)
+        if value not in allowed:
+            raise ConfigError(f"{section}.{key}: {value!r} is not one of ({', '.join(allowed)})")
+
+
+def _positive(section: str, obj: Any, *keys: str) -> None:
+    for key in keys:
+        if not getattr(obj, key) > 0:
+            raise ConfigError(f"{section}.{key}: must be > 0, got {getattr(obj, key)}")
+
+
+def _non_negative(section: str, obj: Any, *keys: str) -> None:
+    for key in keys:
+        if not getattr(obj, key) >= 0:
+            raise ConfigError(f"{section}.{key}: must be >= 0, got {getattr(obj, key)}")
+
+
+# ----------------------------------------------------------------------------- typed assignment
+
+_NONE_WORDS = ("null", "none", "None")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {type(None): "null", bool: "a bool", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if type(None) in args and (value is None or value in _NONE_WORDS):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}allowed: {', '.join(options)}"
+
+
+def apply_table(obj: Any, table: dict[str, Any], prefix: str = "") -> None:
+    """Assign the nested `table` onto dataclass `obj`, type-checking each key."""
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{dotted}: unknown key ({_suggest(key, names)})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected a table of keys, got {value!r}")
+            apply_table(current, value, prefix=f"{dotted}.")
+        else:
+            if isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected {_type_name(hints[key])}, got a table")
+            setattr(obj, key, _coerce(dotted, value, hints[key]))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`"optim.lr=1e-3"` -> `{"optim": {"lr": 0.001}}`; values are read as TOML, else as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    table: dict[str, Any] = {}
+    node = table
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return table
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file raises ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: file '{p}' does not exist")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: '{p}' is not valid TOML: {exc}") from None
+
+
+def load_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    table: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Resolve a `RunConfig`: preset (CLI, else the file's `preset` key) <- file <- table <- --set."""
+    from stability.presets import run_preset  # presets import this module
+
+    layers: list[dict[str, Any]] = []
+    if config_file is not None:
+        layers.append(read_toml(config_file))
+    if table:
+        layers.append(table)
+    layers.extend(parse_override(o) for o in overrides)
+    name = preset
+    if name is None:
+        for layer in layers:
+            if isinstance(layer.get("preset"), str):
+                name = layer["preset"]
+    cfg = run_preset(name) if name else RunConfig()
+    for layer in layers:
+        layer = {k: v for k, v in layer.items() if k != "preset"}
+        apply_table(cfg, layer)
+    cfg.validate()
+    return cfg
+
+
+def flatten(cfg: RunConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"optim.lr": 3e-4, ...}`: the resolved config as dotted keys (MLflow params)."""
+    data = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The resolved config as TOML (null values are written as the string "null")."""
+    lines: list[str] = []
+    data = cfg.to_dict()
+    if data.pop("preset"):
+        lines.append(f'preset = "{cfg.preset}"\n')
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '"null"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a `RunConfig` from `to_dict()` output (checkpoints, artifacts)."""
+    cfg = RunConfig()
+    apply_table(cfg, data)
+    return cfg

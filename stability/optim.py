@@ -1,0 +1,147 @@
+"""AdamW with the stability knobs: parameter groups, independent weight decay, on-device skip-step.
+
+Our own AdamW (torch's update rule, foreach kernels) so that a step can be skipped by a device
+tensor factor (no host sync) and so probes can read the unscaled update and the second moments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from stability.config import OptimConfig
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Split parameters into `decay` (matrices), `embed` (embeddings) and `no_decay` (norm scales).
+
+    Embeddings decay only when `embedding_weight_decay` (OLMo-0424 did, OLMo 2 does not). With
+    `independent_weight_decay` the group value is `wd / lr`, so torch's `lr_t * wd'` becomes
+    `schedule(t) * wd` (Wortsman et al. 2023).
+    """
+    embed = model.get_submodule("embed").weight
+    groups: dict[str, list[nn.Parameter]] = {"decay": [], "embed": [], "no_decay": []}
+    for _, p in model.named_parameters():  # tied weights appear once
+        if not p.requires_grad:
+            continue
+        if p is embed:
+            groups["embed"].append(p)
+        elif p.ndim >= 2:
+            groups["decay"].append(p)
+        else:
+            groups["no_decay"].append(p)
+    wd = cfg.weight_decay / cfg.lr if cfg.independent_weight_decay else cfg.weight_decay
+    decay_of = {"decay": wd, "embed": wd if cfg.embedding_weight_decay else 0.0, "no_decay": 0.0}
+    return [
+        {"name": name, "params": params, "weight_decay": decay_of[name]}
+        for name, params in groups.items()
+        if params
+    ]
+
+
+class AdamW(torch.optim.Optimizer):
+    """torch.optim.AdamW's rule; `step(factor)` scales the whole step by a 0-d tensor (0 = skip)."""
+
+    def __init__(self, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float],
+                 eps: float) -> None:
+        super().__init__(groups, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": 0.0})
+
+    def _state_lists(self, group: dict[str, Any]) -> tuple[list, list, list, list, list]:
+        params, grads, avgs, sqs, steps = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            avgs.append(state["exp_avg"])
+            sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        return params, grads, avgs, sqs, steps
+
+    @torch.no_grad()
+    def step(self, factor: torch.Tensor | None = None) -> None:  # type: ignore[override]
+        """One AdamW update; `factor` (0-d tensor, 0 or 1) skips it without a host sync."""
+        for group in self.param_groups:
+            params, grads, avgs, sqs, steps = self._state_lists(group)
+            if not params:
+                continue
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            if factor is None:
+                torch._foreach_add_(steps, 1.0)
+                torch._foreach_lerp_(avgs, grads, 1 - b1)
+                torch._foreach_mul_(sqs, b2)
+                torch._foreach_addcmul_(sqs, grads, grads, 1 - b2)
+                if wd:
+                    torch._foreach_mul_(params, 1 - lr * wd)
+            else:
+                f = factor.to(device=params[0].device, dtype=torch.float32)
+                torch._foreach_add_(steps, f)
+                torch._foreach_lerp_(avgs, grads, [f * (1 - b1)] * len(avgs))
+                torch._foreach_lerp_(sqs, torch._foreach_mul(grads, grads), [f * (1 - b2)] * len(sqs))
+                if wd:
+                    torch._foreach_mul_(params, 1 - lr * wd * f)
+            # Bias corrections per parameter (steps are device tensors; clamp guards step 0).
+            clamped = torch._foreach_maximum(steps, 1.0)
+            bc1 = torch._foreach_sub(torch._foreach_pow(b1, clamped), 1.0)  # -(1 - b1^t)
+            bc2_sqrt = torch._foreach_sqrt(torch._foreach_neg(torch._foreach_sub(
+                torch._foreach_pow(b2, clamped), 1.0)))
+            denom = torch._foreach_sqrt(sqs)
+            torch._foreach_div_(denom, bc2_sqrt)
+            torch._foreach_add_(denom, eps)
+            # step_size = -lr / (1 - b1^t), as a tensor per parameter (times the skip factor).
+            step_size = torch._foreach_reciprocal(bc1)
+            torch._foreach_mul_(step_size, lr if factor is None else lr * f)
+            update = torch._foreach_div(avgs, denom)
+            torch._foreach_mul_(update, step_size)
+            torch._foreach_add_(params, update)
+
+
+class SkipStep:
+    """OLMo-core's skip-step rule on device: skip when loss or grad norm > mean + sigma * std of
+    the previous `window` values, once `min_history` values are known. Returns the step factor."""
+
+    def __init__(self, window: int, min_history: int, sigma: float, device: torch.device) -> None:
+        self.window, self.min_history, self.sigma = window, min_history, sigma
+        self.history = torch.zeros(2, window, dtype=torch.float32, device=device)
+        self.count = torch.zeros((), dtype=torch.long, device=device)
+
+    def __call__(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        values = torch.stack([loss.detach().float(), grad_norm.detach().float()])
+        n = self.count.clamp(max=self.window)
+        valid = (torch.arange(self.window, device=values.device) < n).float()
+        denom = n.clamp(min=2).float()
+        mean = (self.history * valid).sum(1) / n.clamp(min=1).float()
+        var = (((self.history - mean[:, None]) * valid) ** 2).sum(1) / (denom - 1)
+        outlier = (values - mean) > self.sigma * var.sqrt()
+        skip = (self.count >= self.min_history) & outlier.any()
+        slot = (self.count % self.window).view(1)
+        self.history.index_copy_(1, slot, values.view(2, 1))
+        self.count += 1
+        return 1.0 - skip.float()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"history": self.history.clone(), "count": self.count.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.history.copy_(state["history"])
+        self.count.copy_(state["count"])
+
+
+@torch.no_grad()
+def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global L2 clipping on device. Returns (pre-clip norm, clip coefficient in (0, 1])."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch._foreach_norm(grads, 2.0)
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
+    if max_norm <= 0:
+        return total, torch.ones_like(total)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, coef.to(grads[0].dtype))
+    return total, coef

@@ -1,0 +1,305 @@
+"""The trainer: composes data, model, loss, clipping, AdamW, schedule, checkpoints and tracking.
+
+The hot loop keeps every per-step scalar on device in a `[log_every, K]` buffer and copies it to
+the host once per read-out (`train.log_every`): no `.item()` per step. A non-finite loss or grad
+norm is found at the read-out and ends the run with status `diverged` at the exact step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import model as model_lib
+from model.config import ConfigError
+from stability import metric_names as M
+from stability.checkpoint import load_latest, save_checkpoint
+from stability.config import RunConfig, flatten, to_toml
+from stability.data import Batch, build_data
+from stability.loss import lm_loss
+from stability.optim import AdamW, SkipStep, clip_grad_norm_, param_groups
+from stability.presets import run_recipe_of
+from stability.schedule import lr_at
+from stability.seeding import config_hash, derive_seeds, init_generator
+from stability.tracking import Tracker, git_commit
+
+# Keys that may differ between a checkpoint's config and the resuming one.
+_RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_batches", "train.log_every",
+                      "train.checkpoint_every", "train.checkpoint_dir", "train.keep_checkpoints",
+                      "train.threads", "train.device")
+
+
+@dataclass
+class RunResult:
+    """What a run ended with."""
+
+    status: str  # finished | diverged
+    steps: int  # optimizer steps taken (including the diverging one)
+    final_loss: float | None
+    eval_loss: float | None
+    diverged_at_step: int | None
+    run_id: str | None
+    checkpoint_dir: str
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' requested but no CUDA device is available "
+                          "(allowed here: auto, cpu)")
+    return torch.device(name)
+
+
+def _safe_name(name: str) -> str:
+    """A run name as a folder name: anything but letters, digits, `.`, `_`, `-` becomes `_`."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "run"
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    return f"{cfg.preset or 'custom'}-s{cfg.train.seed}-{config_hash(cfg.to_dict())[:8]}"
+
+
+class Trainer:
+    """Builds everything from a `RunConfig` and runs (or resumes) it to the end."""
+
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.resume = resume
+        self.progress = progress
+        self.device = resolve_device(cfg.train.device)
+        model_lib.check_attention_backend(cfg.model.attention, self.device.type)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.run_name = cfg.tracking.run_name or default_run_name(cfg)
+        self.ckpt_dir = Path(cfg.train.checkpoint_dir or Path("runs") / _safe_name(self.run_name))
+        precision = cfg.train.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+
+        seeds = derive_seeds(cfg.train.seed)
+        self.data = build_data(cfg.data, vocab_size=cfg.model.vocab_size,
+                               seq_len=cfg.train.seq_len, seed=seeds["data"], progress=progress)
+        self.model = model_lib.build(cfg.model, generator=init_generator(cfg.train.seed))
+        self.model.to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        o = cfg.optim
+        self.optimizer = AdamW(param_groups(self.model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        self.skip = (SkipStep(o.skip_step_window, o.skip_step_min_history, o.skip_step_sigma,
+                              self.device) if o.skip_step else None)
+        self.step = 0
+        self.tokens_seen = 0
+        self.run_id: str | None = None
+        self.tracker: Tracker | None = None
+        self._buffer = torch.zeros(cfg.train.log_every, len(M.STEP_SERIES), device=self.device)
+        self._buffer_start = 0  # step of the buffer's first row
+        self._buffer_rows = 0
+
+    # ------------------------------------------------------------------ one optimizer step
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _forward_loss(self, batch: Batch):
+        doc_ids = batch.doc_ids if self.cfg.data.doc_mask else None
+        with self._autocast():
+            logits = self.model(batch.input_ids, doc_ids)
+        return lm_loss(logits, batch.labels, self.cfg.loss.z_loss)
+
+    def train_step(self, step: int) -> None:
+        """Forward, loss, backward, clip, (skip-)step at `step`; scalars stay on device."""
+        cfg = self.cfg
+        batch = self.data.train_batch(step, cfg.train.batch_size).to(self.device)
+        lr = lr_at(step, peak=cfg.optim.lr, total=cfg.train.steps, warmup=cfg.schedule.warmup_steps,
+                   kind=cfg.schedule.kind, alpha_f=cfg.schedule.alpha_f)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        parts = self._forward_loss(batch)
+        parts.loss.backward()
+        grad_norm, clip_coef = clip_grad_norm_(self.params, cfg.optim.clip_grad_norm)
+        factor = self.skip(parts.loss, grad_norm) if self.skip is not None else None
+        self.optimizer.step(factor)
+        self.optimizer.zero_grad(set_to_none=True)
+        skipped = 1.0 - factor if factor is not None else torch.zeros((), device=self.device)
+        row = torch.stack([parts.loss.detach(), parts.ce.detach(), parts.z_loss.detach(),
+                           parts.z_loss_raw.detach(), grad_norm, clip_coef, skipped]).float()
+        self._buffer[self._buffer_rows].copy_(row)
+        self._buffer_rows += 1
+        self.tokens_seen += batch.input_ids.numel()
+
+    # ------------------------------------------------------------------ read-out and eval
+    def _read_out(self, elapsed: float) -> tuple[dict[str, float], int | None]:
+        """Copy the buffer to host once; log every step's scalars; find the first non-finite."""
+        rows = self._buffer[: self._buffer_rows].cpu().tolist()
+        first_bad = None
+        for i, values in enumerate(rows):
+            step = self._buffer_start + i
+            named = dict(zip(M.STEP_SERIES, values))
+            if not (math.isfinite(named[M.TRAIN_LOSS]) and math.isfinite(named[M.GRAD_NORM])):
+                first_bad = step
+                break
+            if self.tracker:
+                self.tracker.log_metrics(step, named)
+        last = dict(zip(M.STEP_SERIES, rows[-1])) if rows else {}
+        n_tokens = len(rows) * self.cfg.train.batch_size * self.cfg.train.seq_len
+        last[M.TRAIN_TOKENS_PER_S] = n_tokens / max(elapsed, 1e-9)
+        last[M.TRAIN_TOKENS] = float(self.tokens_seen)
+        last[M.TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
+        if self.tracker and first_bad is None:
+            self.tracker.log_metrics(self._buffer_start + len(rows) - 1, {
+                k: last[k] for k in (M.TRAIN_TOKENS_PER_S, M.TRAIN_TOKENS, M.TRAIN_LR)})
+        self._buffer_start += self._buffer_rows
+        self._buffer_rows = 0
+        return last, first_bad
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted held-out cross-entropy over `train.eval_batches` fixed batches."""
+        self.model.eval()
+        total, count = torch.zeros((), device=self.device), 0
+        for batch in self.data.val_batches(self.cfg.train.batch_size, self.cfg.train.eval_batches):
+            batch = batch.to(self.device)
+            n = int((batch.labels != -100).sum())
+            total += self._forward_loss(batch).ce * n
+            count += n
+        self.model.train()
+        return float(total) / max(count, 1)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "skip_step": self.skip.state_dict() if self.skip else None,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "run_id": self.run_id,
+            "config": self.cfg.to_dict(),
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.ckpt_dir, self.step, self._state(), keep=self.cfg.train.keep_checkpoints)
+
+    def _restore(self) -> bool:
+        state = load_latest(self.ckpt_dir, map_location=self.device)
+        if state is None:
+            return False
+        old, new = flatten(state["config"]), flatten(self.cfg.to_dict())
+        changed = sorted(k for k in set(old) | set(new)
+                         if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES
+                         and not k.startswith("tracking."))
+        if changed:
+            raise ConfigError(f"--resume: checkpoint in {self.ckpt_dir} was made with other values "
+                              f"for {', '.join(changed)}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.skip is not None and state["skip_step"] is not None:
+            self.skip.load_state_dict(state["skip_step"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self._buffer_start = self.step
+        self.run_id = state["run_id"]
+        return True
+
+    # ------------------------------------------------------------------ tracking
+    def _start_tracking(self) -> None:
+        t = self.cfg.tracking
+        if not t.enabled:
+            return
+        self.tracker = Tracker(t.uri, t.experiment, self.run_name, run_id=self.run_id)
+        self.run_id = self.tracker.run_id
+        if self.tracker.resumed:
+            self.tracker.set_tags({"status": "running", "resumed_at_step": self.step})
+            return
+        resolved = self.cfg.to_dict()
+        self.tracker.log_params(flatten(resolved))
+        self.tracker.set_tags({
+            "recipe": run_recipe_of(self.cfg), "preset": self.cfg.preset or "custom",
+            "seed": self.cfg.train.seed, "lr": self.cfg.optim.lr,
+            "cell": config_hash(resolved), "status": "running", "git_commit": git_commit(),
+            "device": str(self.device), "data_fingerprint": self.data.fingerprint,
+            "attention": model_lib.resolve_attention_backend(self.cfg.model.attention,
+                                                             self.device.type),
+            "params": self.model.num_params(),
+        })
+        self.tracker.log_text(to_toml(self.cfg), "config.toml")
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> RunResult:
+        """Train to `train.steps` (from the last checkpoint with `resume`); never raises on NaN."""
+        cfg = self.cfg.train
+        if self.resume and not self._restore():
+            print(f"note: no checkpoint in {self.ckpt_dir}; starting from step 0", file=sys.stderr)
+        self._start_tracking()
+        self.model.train()
+        bar = _progress_bar(cfg.steps, self.step, self.progress)
+        status, diverged_at, last, eval_loss = "finished", None, {}, None
+        t0 = time.perf_counter()
+        try:
+            while self.step < cfg.steps:
+                self.train_step(self.step)
+                self.step += 1
+                bar.update(1)
+                at_ckpt = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                if self._buffer_rows == cfg.log_every or self.step == cfg.steps or at_ckpt:
+                    last, diverged_at = self._read_out(time.perf_counter() - t0)
+                    if diverged_at is not None:
+                        status = "diverged"
+                        break
+                    bar.set_postfix(loss=f"{last[M.TRAIN_LOSS]:.3f}",
+                                    gnorm=f"{last[M.GRAD_NORM]:.2f}",
+                                    tok_s=f"{last[M.TRAIN_TOKENS_PER_S]:.0f}")
+                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                        eval_loss = self._log_eval()
+                    if at_ckpt and self.step < cfg.steps:
+                        self.save()
+                    t0 = time.perf_counter()  # tokens/s counts training steps only
+            if status == "finished":
+                eval_loss = self._log_eval()
+                self.save()
+        except BaseException:
+            bar.close()
+            if self.tracker:
+                self.tracker.finish("failed")
+            raise
+        bar.close()
+        if self.tracker:
+            tags = {"diverged_at_step": diverged_at} if diverged_at is not None else {}
+            self.tracker.finish(status, tags)
+        return RunResult(status, self.step, last.get(M.TRAIN_LOSS), eval_loss, diverged_at,
+                         self.run_id, str(self.ckpt_dir))
+
+    def _log_eval(self) -> float:
+        value = self.evaluate()
+        if self.tracker:
+            self.tracker.log_metrics(self.step - 1, {M.EVAL_LOSS: value})
+        return value
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> RunResult:
+    """Build a `Trainer` for `cfg` and run it."""
+    return Trainer(cfg, resume=resume, progress=progress).run()
+
