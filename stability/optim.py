@@ -42,14 +42,19 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
 
 
 class AdamW(torch.optim.Optimizer):
-    """torch.optim.AdamW's rule; `step(factor)` scales the whole step by a 0-d tensor (0 = skip)."""
+    """torch.optim.AdamW's rule through its fused kernel; `step(factor)` skips on device.
+
+    `factor` is a 0-d tensor (1 = apply, 0 = skip): a skipped step leaves weights, moments and
+    the step count untouched, decided on device (the kernel's `found_inf` input), no host sync.
+    """
 
     def __init__(self, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float],
                  eps: float) -> None:
         super().__init__(groups, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": 0.0})
 
-    def _state_lists(self, group: dict[str, Any]) -> tuple[list, list, list, list, list]:
-        params, grads, avgs, sqs, steps = [], [], [], [], []
+    def _state_lists(self, group: dict[str, Any]) -> dict[tuple, tuple[list, ...]]:
+        """Per (device, dtype): params, grads, first and second moments, step counts."""
+        buckets: dict[tuple, tuple[list, ...]] = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -58,49 +63,26 @@ class AdamW(torch.optim.Optimizer):
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            params.append(p)
-            grads.append(p.grad)
-            avgs.append(state["exp_avg"])
-            sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-        return params, grads, avgs, sqs, steps
+            lists = buckets.setdefault((p.device, p.dtype), ([], [], [], [], []))
+            for lst, item in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"],
+                                         state["step"])):
+                lst.append(item)
+        return buckets
 
     @torch.no_grad()
     def step(self, factor: torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """One AdamW update; `factor` (0-d tensor, 0 or 1) skips it without a host sync."""
+        """One AdamW update of every group; `factor` (0-d tensor, 0 or 1) skips it on device."""
         for group in self.param_groups:
-            params, grads, avgs, sqs, steps = self._state_lists(group)
-            if not params:
-                continue
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            if factor is None:
+            b1, b2 = group["betas"]
+            for (device, _), (params, grads, avgs, sqs, steps) in self._state_lists(group).items():
+                skipped = None if factor is None else (1.0 - factor).to(device, torch.float32)
                 torch._foreach_add_(steps, 1.0)
-                torch._foreach_lerp_(avgs, grads, 1 - b1)
-                torch._foreach_mul_(sqs, b2)
-                torch._foreach_addcmul_(sqs, grads, grads, 1 - b2)
-                if wd:
-                    torch._foreach_mul_(params, 1 - lr * wd)
-            else:
-                f = factor.to(device=params[0].device, dtype=torch.float32)
-                torch._foreach_add_(steps, f)
-                torch._foreach_lerp_(avgs, grads, [f * (1 - b1)] * len(avgs))
-                torch._foreach_lerp_(sqs, torch._foreach_mul(grads, grads), [f * (1 - b2)] * len(sqs))
-                if wd:
-                    torch._foreach_mul_(params, 1 - lr * wd * f)
-            # Bias corrections per parameter (steps are device tensors; clamp guards step 0).
-            clamped = torch._foreach_maximum(steps, 1.0)
-            bc1 = torch._foreach_sub(torch._foreach_pow(b1, clamped), 1.0)  # -(1 - b1^t)
-            bc2_sqrt = torch._foreach_sqrt(torch._foreach_neg(torch._foreach_sub(
-                torch._foreach_pow(b2, clamped), 1.0)))
-            denom = torch._foreach_sqrt(sqs)
-            torch._foreach_div_(denom, bc2_sqrt)
-            torch._foreach_add_(denom, eps)
-            # step_size = -lr / (1 - b1^t), as a tensor per parameter (times the skip factor).
-            step_size = torch._foreach_reciprocal(bc1)
-            torch._foreach_mul_(step_size, lr if factor is None else lr * f)
-            update = torch._foreach_div(avgs, denom)
-            torch._foreach_mul_(update, step_size)
-            torch._foreach_add_(params, update)
+                torch._fused_adamw_(params, grads, avgs, sqs, [], steps, lr=group["lr"],
+                                    beta1=b1, beta2=b2, weight_decay=group["weight_decay"],
+                                    eps=group["eps"], amsgrad=False, maximize=False,
+                                    grad_scale=None, found_inf=skipped)
+                if skipped is not None:
+                    torch._foreach_sub_(steps, [skipped] * len(steps))
 
 
 class SkipStep:

@@ -37,7 +37,7 @@ SIZE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "data": {"max_bytes": 1_000_000},
     },
     "small": {
-        "train": {"steps": 300, "batch_size": 16, "seq_len": 128, "log_every": 10,
+        "train": {"steps": 300, "batch_size": 8, "seq_len": 128, "log_every": 10,
                   "eval_every": 50, "eval_batches": 4},
         "optim": {"lr": 3e-3},
         "schedule": {"warmup_steps": 30},

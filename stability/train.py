@@ -24,7 +24,7 @@ from stability import metric_names as M
 from stability.checkpoint import load_latest, save_checkpoint
 from stability.config import RunConfig, flatten, to_toml
 from stability.data import Batch, build_data
-from stability.loss import lm_loss
+from stability.loss import LossParts, fused_lm_loss
 from stability.optim import AdamW, SkipStep, clip_grad_norm_, param_groups
 from stability.presets import run_recipe_of
 from stability.schedule import lr_at
@@ -57,6 +57,13 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError("train.device: 'cuda' requested but no CUDA device is available "
                           "(allowed here: auto, cpu)")
     return torch.device(name)
+
+
+def model_loss(model: model_lib.Transformer, input_ids: torch.Tensor, labels: torch.Tensor,
+               z_coef: float, doc_ids: torch.Tensor | None = None) -> LossParts:
+    """The training loss of `model` on a batch: trunk, then the fused LM head + CE + z-loss."""
+    hidden = model.features(input_ids, doc_ids)
+    return fused_lm_loss(hidden, model.lm_head.weight, labels, z_coef)
 
 
 def _safe_name(name: str) -> str:
@@ -104,6 +111,7 @@ class Trainer:
         self._buffer = torch.zeros(cfg.train.log_every, len(M.STEP_SERIES), device=self.device)
         self._buffer_start = 0  # step of the buffer's first row
         self._buffer_rows = 0
+        self._masked = 0  # labels masked by the n-gram filter since the last read-out
 
     # ------------------------------------------------------------------ one optimizer step
     def _autocast(self):
@@ -111,11 +119,11 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _forward_loss(self, batch: Batch):
+    def _forward_loss(self, batch: Batch) -> LossParts:
         doc_ids = batch.doc_ids if self.cfg.data.doc_mask else None
         with self._autocast():
-            logits = self.model(batch.input_ids, doc_ids)
-        return lm_loss(logits, batch.labels, self.cfg.loss.z_loss)
+            return model_loss(self.model, batch.input_ids, batch.labels, self.cfg.loss.z_loss,
+                              doc_ids)
 
     def train_step(self, step: int) -> None:
         """Forward, loss, backward, clip, (skip-)step at `step`; scalars stay on device."""
@@ -137,6 +145,7 @@ class Trainer:
         self._buffer[self._buffer_rows].copy_(row)
         self._buffer_rows += 1
         self.tokens_seen += batch.input_ids.numel()
+        self._masked += batch.n_masked  # host-side count from the loader: no sync
 
     # ------------------------------------------------------------------ read-out and eval
     def _read_out(self, elapsed: float) -> tuple[dict[str, float], int | None]:
@@ -156,9 +165,12 @@ class Trainer:
         last[M.TRAIN_TOKENS_PER_S] = n_tokens / max(elapsed, 1e-9)
         last[M.TRAIN_TOKENS] = float(self.tokens_seen)
         last[M.TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
+        last[M.TRAIN_MASKED_TOKENS] = float(self._masked)
+        self._masked = 0
         if self.tracker and first_bad is None:
             self.tracker.log_metrics(self._buffer_start + len(rows) - 1, {
-                k: last[k] for k in (M.TRAIN_TOKENS_PER_S, M.TRAIN_TOKENS, M.TRAIN_LR)})
+                k: last[k] for k in (M.TRAIN_TOKENS_PER_S, M.TRAIN_TOKENS, M.TRAIN_LR,
+                                     M.TRAIN_MASKED_TOKENS)})
         self._buffer_start += self._buffer_rows
         self._buffer_rows = 0
         return last, first_bad

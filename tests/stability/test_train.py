@@ -89,7 +89,7 @@ def test_resume_is_bitwise_and_logs_each_step_once(tmp_path, monkeypatch):
 def test_nan_marks_the_run_diverged_at_its_step(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, "train.steps=20", "train.log_every=4")
     trainer = Trainer(cfg, progress=False)
-    forward = trainer.model.forward
+    forward = trainer.model.features
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -97,7 +97,7 @@ def test_nan_marks_the_run_diverged_at_its_step(tmp_path, monkeypatch):
         calls["n"] += 1
         return out * float("nan") if calls["n"] == 7 else out  # the 7th forward is step 6
 
-    monkeypatch.setattr(trainer.model, "forward", poisoned)
+    monkeypatch.setattr(trainer.model, "features", poisoned)
     result = trainer.run()
     assert result.status == "diverged" and result.diverged_at_step == 6
     assert result.steps <= 8  # found at the next read-out, not later

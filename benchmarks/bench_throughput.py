@@ -1,0 +1,124 @@
+"""Train-step throughput: ours vs HF transformers' `Olmo2ForCausalLM`, same shape, same weights.
+
+Both sides run a full training step (forward, loss, backward, global-norm clipping, AdamW) on the
+same batches in one process, interleaved in rounds so machine noise hits both alike; the table
+reports median tokens/s per side and their ratio.
+
+    python benchmarks/bench_throughput.py                       # olmo2-small shape, CPU
+    python benchmarks/bench_throughput.py --preset olmo2-tiny --batch 4 --seq 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from model import build, model_preset
+from model.hf_interop import to_hf
+from stability.config import OptimConfig
+from stability.loss import lm_loss
+from stability.optim import AdamW, clip_grad_norm_, param_groups
+from stability.train import model_loss
+
+
+def ours_step_fn(model, cfg: OptimConfig, z_loss: float):
+    """The trainer's step: forward, CE + z-loss, backward, clip, our AdamW."""
+    params = list(model.parameters())
+    opt = AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+    def step(input_ids, labels):
+        parts = model_loss(model, input_ids, labels, z_loss)
+        parts.loss.backward()
+        clip_grad_norm_(params, cfg.clip_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return parts.loss
+
+    return step
+
+
+def hf_step_fn(hf, cfg: OptimConfig):
+    """The usual HF training step: loss from the model, clip_grad_norm_, torch AdamW."""
+    params = list(hf.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                            weight_decay=cfg.weight_decay)
+
+    def step(input_ids, labels):
+        out = hf(input_ids=input_ids, labels=labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return out.loss
+
+    return step
+
+
+def tokens_per_s(step, batches, labels_of) -> float:
+    t0 = time.perf_counter()
+    for ids in batches:
+        step(ids, labels_of(ids))
+    return sum(b.numel() for b in batches) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="olmo2-small")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10, help="steps per round and side")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a model key, e.g. --set vocab_size=32768 (repeatable)")
+    ap.add_argument("--attn", default="sdpa", help="HF attn_implementation (sdpa | eager)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    cfg = model_preset(args.preset)
+    for item in args.overrides:
+        key, value = item.split("=", 1)
+        setattr(cfg, key, type(getattr(cfg, key))(value))
+    ours = build(cfg, generator=torch.Generator().manual_seed(0))
+    hf = to_hf(ours, attn_implementation=args.attn)  # same weights, copied
+    ours.train()
+    hf.train()
+    optim = OptimConfig()
+    sides = {"ours": ours_step_fn(ours, optim, 1e-5), "hf": hf_step_fn(hf, optim)}
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=gen)
+               for _ in range(args.steps)]
+    ours_labels = lambda ids: torch.roll(ids, -1, dims=1)  # noqa: E731 - next token (shifted)
+    hf_labels = lambda ids: ids  # noqa: E731 - HF shifts labels itself
+
+    # Same-weights check: the first losses agree (ours adds the small z-loss term).
+    with torch.no_grad():
+        l_ours = lm_loss(ours(batches[0])[:, :-1], batches[0][:, 1:], 0.0).ce.item()
+        l_hf = hf(input_ids=batches[0], labels=batches[0]).loss.item()
+    assert abs(l_ours - l_hf) < 1e-4, (l_ours, l_hf)
+
+    for name, step in sides.items():  # warm-up
+        tokens_per_s(step, batches[:2], ours_labels if name == "ours" else hf_labels)
+    results: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, step in sides.items():
+            labels = ours_labels if name == "ours" else hf_labels
+            results[name].append(tokens_per_s(step, batches, labels))
+
+    ours_tps, hf_tps = statistics.median(results["ours"]), statistics.median(results["hf"])
+    n_params = ours.num_params()
+    print(f"shape: {args.preset} ({n_params / 1e6:.2f}M params), batch {args.batch} x seq "
+          f"{args.seq}, fp32, {torch.get_num_threads()} threads, HF attn={args.attn}")
+    print(f"{'side':8s} {'tokens/s':>10s} {'steps/s':>8s}")
+    for name, tps in (("ours", ours_tps), ("hf", hf_tps)):
+        print(f"{name:8s} {tps:10.0f} {tps / (args.batch * args.seq):8.2f}")
+    print(f"ratio ours/hf: {ours_tps / hf_tps:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
