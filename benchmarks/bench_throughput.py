@@ -111,13 +111,15 @@ def main() -> None:
             results[name].append(tokens_per_s(step, batches, labels))
 
     ours_tps, hf_tps = statistics.median(results["ours"]), statistics.median(results["hf"])
+    paired = sorted(o / h for o, h in zip(results["ours"], results["hf"]))
     n_params = ours.num_params()
     print(f"shape: {args.preset} ({n_params / 1e6:.2f}M params), batch {args.batch} x seq "
           f"{args.seq}, fp32, {torch.get_num_threads()} threads, HF attn={args.attn}")
     print(f"{'side':8s} {'tokens/s':>10s} {'steps/s':>8s}")
     for name, tps in (("ours", ours_tps), ("hf", hf_tps)):
         print(f"{name:8s} {tps:10.0f} {tps / (args.batch * args.seq):8.2f}")
-    print(f"ratio ours/hf: {ours_tps / hf_tps:.2f}x")
+    print(f"ratio ours/hf: {ours_tps / hf_tps:.2f}x (median of per-round ratios "
+          f"{statistics.median(paired):.2f}x, range {paired[0]:.2f}-{paired[-1]:.2f})")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from model.rope import RotaryEmbedding
 class Attention(nn.Module):
     """project -> clamp q,k,v (clip_qkv) -> QK-norm (full | per_head) -> RoPE -> attend -> o_proj.
 
+    q, k and v come from one fused `qkv_proj` (rows: q, then k, then v); `q_weight`, `k_weight`
+    and `v_weight` are views of its parts.
+
     `full` QK-norm normalises q over n_heads*hd and k over kv_heads*hd before the head split;
     `per_head` applies one hd-wide norm (shared by all heads) after it.
     """
@@ -25,9 +28,9 @@ class Attention(nn.Module):
         self.clip_qkv = cfg.clip_qkv
         self.backend = cfg.attention
         d, hd = cfg.d_model, cfg.head_dim
-        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, self.kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, self.kv_heads * hd, bias=False)
+        # q, k and v projections as one matrix (one matmul): rows [q | k | v].
+        self.qkv_split = (self.n_heads * hd, self.kv_heads * hd, self.kv_heads * hd)
+        self.qkv_proj = nn.Linear(d, sum(self.qkv_split), bias=False)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
         if cfg.qk_norm == "full":
             self.q_norm = build_norm(cfg.norm_type, self.n_heads * hd, cfg.norm_eps)
@@ -41,6 +44,18 @@ class Attention(nn.Module):
             rope = RotaryEmbedding(hd, cfg.max_seq_len, cfg.rope_theta)
         self.rope = rope
 
+    @property
+    def q_weight(self) -> torch.Tensor:
+        return self.qkv_proj.weight.split(self.qkv_split)[0]
+
+    @property
+    def k_weight(self) -> torch.Tensor:
+        return self.qkv_proj.weight.split(self.qkv_split)[1]
+
+    @property
+    def v_weight(self) -> torch.Tensor:
+        return self.qkv_proj.weight.split(self.qkv_split)[2]
+
     def project_qkv(
         self, x: torch.Tensor, positions: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,10 +64,10 @@ class Attention(nn.Module):
         q and k are post-clip, post-norm and post-RoPE; `positions` defaults to 0..T-1.
         """
         b, t, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        qkv = self.qkv_proj(x)
         if self.clip_qkv is not None:
-            c = self.clip_qkv
-            q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
+            qkv = qkv.clamp(-self.clip_qkv, self.clip_qkv)
+        q, k, v = qkv.split(self.qkv_split, dim=-1)
         if self.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(b, t, self.n_heads, self.head_dim)

@@ -2,9 +2,11 @@
 
 Name map (ours <- HF), per layer i:
     embed.weight                      model.embed_tokens.weight
-    blocks.i.attn.{q,k,v,o}_proj      model.layers.i.self_attn.{q,k,v,o}_proj
+    blocks.i.attn.qkv_proj            model.layers.i.self_attn.{q,k,v}_proj (concatenated rows)
+    blocks.i.attn.o_proj              model.layers.i.self_attn.o_proj
     blocks.i.attn.{q,k}_norm          model.layers.i.self_attn.{q,k}_norm
-    blocks.i.mlp.{gate,up,down}_proj  model.layers.i.mlp.{gate,up,down}_proj
+    blocks.i.mlp.gate_up_proj         model.layers.i.mlp.{gate,up}_proj (concatenated rows)
+    blocks.i.mlp.down_proj            model.layers.i.mlp.down_proj
     blocks.i.attn_norm                model.layers.i.post_attention_layernorm
     blocks.i.mlp_norm                 model.layers.i.post_feedforward_layernorm
     final_norm.weight                 model.norm.weight
@@ -25,30 +27,36 @@ from model.transformer import Transformer
 # The architecture an Olmo2ForCausalLM has (besides shapes).
 OLMO2_ARCH = {"norm_type": "rms", "block": "reordered_norm", "qk_norm": "full", "clip_qkv": None}
 
+# Our block module -> the HF modules whose weights it holds (several: concatenated by rows).
 _BLOCK_MAP = {
-    "attn.q_proj": "self_attn.q_proj",
-    "attn.k_proj": "self_attn.k_proj",
-    "attn.v_proj": "self_attn.v_proj",
-    "attn.o_proj": "self_attn.o_proj",
-    "attn.q_norm": "self_attn.q_norm",
-    "attn.k_norm": "self_attn.k_norm",
-    "mlp.gate_proj": "mlp.gate_proj",
-    "mlp.up_proj": "mlp.up_proj",
-    "mlp.down_proj": "mlp.down_proj",
-    "attn_norm": "post_attention_layernorm",
-    "mlp_norm": "post_feedforward_layernorm",
+    "attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "attn.o_proj": ("self_attn.o_proj",),
+    "attn.q_norm": ("self_attn.q_norm",),
+    "attn.k_norm": ("self_attn.k_norm",),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    "mlp.down_proj": ("mlp.down_proj",),
+    "attn_norm": ("post_attention_layernorm",),
+    "mlp_norm": ("post_feedforward_layernorm",),
 }
 
 
-def hf_name(ours: str) -> str:
-    """HF parameter name of our parameter `ours` (e.g. "blocks.0.attn.q_proj.weight")."""
+def hf_names(ours: str) -> tuple[str, ...]:
+    """HF parameter name(s) of our parameter `ours` (e.g. "blocks.0.attn.qkv_proj.weight" ->
+    the q, k and v projections of HF layer 0, in row order)."""
     if ours.startswith("blocks."):
         _, i, rest = ours.split(".", 2)
         module, leaf = rest.rsplit(".", 1)
-        return f"model.layers.{i}.{_BLOCK_MAP[module]}.{leaf}"
+        return tuple(f"model.layers.{i}.{hf}.{leaf}" for hf in _BLOCK_MAP[module])
     top = {"embed": "model.embed_tokens", "final_norm": "model.norm", "lm_head": "lm_head"}
     module, leaf = ours.rsplit(".", 1)
-    return f"{top[module]}.{leaf}"
+    return (f"{top[module]}.{leaf}",)
+
+
+def _split_sizes(cfg: ModelConfig, ours: str) -> list[int]:
+    if ".qkv_proj." in ours:
+        hd = cfg.head_dim
+        return [cfg.n_heads * hd, cfg.kv_heads * hd, cfg.kv_heads * hd]
+    return [cfg.hidden, cfg.hidden]  # gate_up_proj
 
 
 def _rope_theta(hf_cfg: Any) -> float:
@@ -104,7 +112,8 @@ def from_hf(model_or_path: Any) -> Transformer:
     weight = hf_state["model.embed_tokens.weight"]
     with torch.device(weight.device):
         ours = Transformer(cfg).to(weight.dtype)
-    state = {name: hf_state[hf_name(name)] for name in ours.state_dict()}
+    state = {name: torch.cat([hf_state[n] for n in hf_names(name)])
+             for name in ours.state_dict()}
     ours.load_state_dict(state, strict=True)
     ours.rope.reset_tables()
     return ours
@@ -154,6 +163,10 @@ def to_hf(model: Transformer, attn_implementation: str | None = None) -> Any:
     weight = model.embed.weight
     hf = Olmo2ForCausalLM(hf_cfg).to(device=weight.device, dtype=weight.dtype)
     # a tied model's state_dict lists lm_head.weight too, as HF's does
-    hf_state = {hf_name(name): tensor for name, tensor in model.state_dict().items()}
+    hf_state = {}
+    for name, tensor in model.state_dict().items():
+        names = hf_names(name)
+        parts = tensor.split(_split_sizes(cfg, name)) if len(names) > 1 else (tensor,)
+        hf_state.update(zip(names, parts))
     hf.load_state_dict(hf_state, strict=True)
     return hf.eval()

@@ -4,7 +4,7 @@ Every weight matrix is drawn from a normal truncated at +-cfg.init_cutoff standa
 norm weights are set to 1. Per scheme (layer = 0-based block index, d = d_model, L = n_layers):
 
     normal       every matrix (embeddings, lm_head too)     init_std
-    mitchell     embed, q/k/v, gate/up, lm_head              1/sqrt(d)
+    mitchell     embed, qkv, gate_up, lm_head                1/sqrt(d)
                  o_proj                                      1/sqrt(2 d (layer+1))
                  down_proj                                   1/sqrt(2 hidden (layer+1))
     megatron     all init_std; o_proj, down_proj             init_std/sqrt(2 L)
@@ -22,10 +22,8 @@ from torch import nn
 from model.config import ConfigError, ModelConfig
 from model.rope import RotaryEmbedding
 
-BLOCK_MATRICES = (
-    "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-)  # fmt: skip
+# q/k/v and gate/up are fused matrices; every scheme gives their parts the same std.
+BLOCK_MATRICES = ("attn.qkv_proj", "attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 _OUTPUT_PROJ = ("attn.o_proj", "mlp.down_proj")
 
 

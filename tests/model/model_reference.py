@@ -55,9 +55,9 @@ def ref_qkv(x, attn, cfg):
     b, t, _ = x.shape
     hd, h, hkv = cfg.d_model // cfg.n_heads, cfg.n_heads, cfg.kv_heads
     x = x.double()
-    q = x @ attn.q_proj.weight.double().T
-    k = x @ attn.k_proj.weight.double().T
-    v = x @ attn.v_proj.weight.double().T
+    q = x @ attn.q_weight.double().T
+    k = x @ attn.k_weight.double().T
+    v = x @ attn.v_weight.double().T
     if cfg.clip_qkv is not None:
         c = cfg.clip_qkv
         q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
@@ -93,8 +93,8 @@ def ref_attention(x, attn, cfg, doc_ids=None) -> torch.Tensor:
 def ref_mlp(x, mlp) -> torch.Tensor:
     """down(silu(gate x) * up x), silu(g) = g * sigmoid(g)."""
     x = x.double()
-    g = x @ mlp.gate_proj.weight.double().T
-    u = x @ mlp.up_proj.weight.double().T
+    g = x @ mlp.gate_weight.double().T
+    u = x @ mlp.up_weight.double().T
     return (g / (1 + torch.exp(-g)) * u) @ mlp.down_proj.weight.double().T
 
 

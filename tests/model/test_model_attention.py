@@ -40,7 +40,7 @@ def test_qk_norm_weight_shapes(qk_norm):
     else:
         width_q, width_k = (32, 16) if qk_norm == "full" else (8, 8)
         assert attn.q_norm.weight.shape == (width_q,) and attn.k_norm.weight.shape == (width_k,)
-    assert attn.k_proj.weight.shape == (16, 32) and attn.q_proj.bias is None
+    assert attn.k_weight.shape == (16, 32) and attn.qkv_proj.bias is None
 
 
 @pytest.mark.parametrize("norm_type", ["rms", "layernorm"])

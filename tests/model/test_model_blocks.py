@@ -48,7 +48,7 @@ def test_block_norm_names():
 def test_swiglu_matches_reference():
     cfg = dataclasses.replace(CFG, mlp_hidden=None)
     mlp = SwiGLU(cfg)
-    assert mlp.gate_proj.weight.shape == (cfg.hidden, 32) and mlp.down_proj.bias is None
+    assert mlp.gate_weight.shape == (cfg.hidden, 32) and mlp.down_proj.bias is None
     x = torch.randn(3, 32)
     torch.testing.assert_close(mlp(x).double(), ref_mlp(x, mlp), atol=1e-6, rtol=1e-5)
 

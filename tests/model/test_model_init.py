@@ -48,8 +48,8 @@ def test_formula_values_by_hand():
     assert mitchell["blocks.2.attn.o_proj.weight"] == pytest.approx(1 / math.sqrt(2 * 512 * 3))
     assert mitchell["blocks.0.mlp.down_proj.weight"] == pytest.approx(1 / math.sqrt(2 * h * 1))
     assert mitchell["blocks.3.mlp.down_proj.weight"] == pytest.approx(1 / math.sqrt(2 * h * 4))
-    for name in ("embed.weight", "lm_head.weight", "blocks.1.attn.q_proj.weight",
-                 "blocks.1.attn.v_proj.weight", "blocks.3.mlp.up_proj.weight"):
+    for name in ("embed.weight", "lm_head.weight", "blocks.1.attn.qkv_proj.weight",
+                 "blocks.3.mlp.gate_up_proj.weight"):
         assert mitchell[name] == pytest.approx(1 / math.sqrt(d)), name
 
     normal = expected_std(dataclasses.replace(MID, init="normal", init_std=0.02))
@@ -58,7 +58,7 @@ def test_formula_values_by_hand():
     megatron = expected_std(dataclasses.replace(MID, init="megatron"))
     assert megatron["blocks.0.attn.o_proj.weight"] == pytest.approx(0.02 / math.sqrt(2 * L))
     assert megatron["blocks.3.mlp.down_proj.weight"] == pytest.approx(0.02 / math.sqrt(8))
-    assert megatron["embed.weight"] == megatron["blocks.2.mlp.gate_proj.weight"] == 0.02
+    assert megatron["embed.weight"] == megatron["blocks.2.mlp.gate_up_proj.weight"] == 0.02
 
     llama = expected_std(dataclasses.replace(MID, init="llama_depth"))
     assert llama["blocks.0.attn.o_proj.weight"] == pytest.approx(0.02 / math.sqrt(2))
