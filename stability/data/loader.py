@@ -141,7 +141,8 @@ def build_data(
         eos_id = corpus.eos_id
         vocab_used = max(corpus.extra["max_id"], eos_id) + 1
         documents, n_bytes = corpus.n_documents, corpus.tokens.nbytes
-    packed = pack(stream, eos_id, seq_len, cfg.val_fraction)
+    packed = pack(stream, eos_id, seq_len, cfg.val_fraction,
+                  by_document=isinstance(corpus, TextCorpus))
     stats = {
         "source": corpus.description,
         "documents": documents,

@@ -35,11 +35,46 @@ def concat_documents(docs: list[np.ndarray], eos_id: int) -> np.ndarray:
     return np.concatenate([part for doc in docs for part in (doc, eos)])
 
 
-def pack(stream: np.ndarray, eos_id: int, seq_len: int, val_fraction: float) -> Packed:
-    """Cut `stream` into [N, seq_len + 1] rows (tail dropped); the last share goes to val.
+def _rows(stream: np.ndarray, eos_id: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, width] rows of `stream` (a view, tail dropped) and their doc ids."""
+    n = stream.shape[0] // width
+    return (stream[: n * width].reshape(n, width),
+            document_ids(stream[: n * width], eos_id).reshape(n, width))
 
-    Rows are views of `stream` (no copy for memory-mapped token files). The validation split is
-    the last `max(1, round(N * val_fraction))` rows: deterministic and disjoint from training.
+
+def split_documents(
+    stream: np.ndarray, eos_id: int, val_fraction: float, min_val_tokens: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(train, val) streams: every k-th whole document (k = round(1 / val_fraction)) is held out,
+    so validation samples the whole corpus and no document straddles the split.
+
+    None when the stream has no document boundaries or too few documents for a val row.
+    """
+    if eos_id < 0:
+        return None
+    ends = np.flatnonzero(stream == eos_id) + 1
+    k = max(2, round(1 / val_fraction))
+    if len(ends) < k:
+        return None
+    starts = np.concatenate(([0], ends[:-1]))
+    held = (np.arange(len(ends)) % k) == k - 1
+    val = np.concatenate([stream[a:b] for a, b, h in zip(starts, ends, held) if h])
+    train = np.concatenate([stream[a:b] for a, b, h in zip(starts, ends, held) if not h]
+                           + [stream[ends[-1]:]])
+    if val.shape[0] < min_val_tokens or train.shape[0] < min_val_tokens:
+        return None
+    return train, val
+
+
+def pack(
+    stream: np.ndarray, eos_id: int, seq_len: int, val_fraction: float, by_document: bool = False
+) -> Packed:
+    """Cut `stream` into [N, seq_len + 1] rows (tail dropped) and hold some out for validation.
+
+    With `by_document` (in-memory text corpora), every k-th document is held out (see
+    `split_documents`); otherwise, and when that is impossible, the last
+    `max(1, round(N * val_fraction))` rows are, as views of `stream` (no copy for memory-mapped
+    token files). Either way deterministic and disjoint from training.
     """
     if seq_len < 1:
         raise ConfigError(f"train.seq_len: must be positive, got {seq_len}")
@@ -51,8 +86,11 @@ def pack(stream: np.ndarray, eos_id: int, seq_len: int, val_fraction: float) -> 
             f"seq_len {seq_len} (2 sequences of seq_len + 1; raise data.max_bytes or use a "
             "bigger corpus)"
         )
-    rows = stream[: n * width].reshape(n, width)
-    doc = document_ids(stream[: n * width], eos_id).reshape(n, width)
+    split = split_documents(stream, eos_id, val_fraction, width) if by_document else None
+    if split is not None:
+        (train, train_doc), (val, val_doc) = (_rows(part, eos_id, width) for part in split)
+        return Packed(train, val, train_doc, val_doc)
+    rows, doc = _rows(stream, eos_id, width)
     n_val = min(n - 1, max(1, int(round(n * val_fraction))))
     cut = n - n_val
     return Packed(rows[:cut], rows[cut:], doc[:cut], doc[cut:])
