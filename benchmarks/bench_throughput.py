@@ -30,7 +30,7 @@ def ours_step_fn(model, cfg: OptimConfig, z_loss: float):
     opt = AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
     def step(input_ids, labels):
-        parts = model_loss(model, input_ids, labels, z_loss)
+        parts, _ = model_loss(model, input_ids, labels, z_loss)
         parts.loss.backward()
         clip_grad_norm_(params, cfg.clip_grad_norm)
         opt.step()

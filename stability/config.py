@@ -107,6 +107,20 @@ class TrainConfig:
 
 
 @dataclass
+class ProbesConfig:
+    """Stability probes (cheap enough to leave on: no host sync between read-outs)."""
+
+    enabled: bool = True
+    every: int = 10  # per-layer grads, params, updates, activations, logits every N steps
+    attn_every: int = 50  # attention logits / entropy / q,k norms recomputed every N steps
+    attn_batch: int = 2  # rows of the step's batch the attention probe uses
+    spikes: bool = True  # online spike detectors (OLMo 2 and OLMo-core rules)
+
+    def validate(self, section: str = "probes") -> None:
+        _positive(section, self, "every", "attn_every", "attn_batch")
+
+
+@dataclass
 class TrackingConfig:
     """Where runs are logged (DESIGN.md: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite)."""
 
@@ -130,6 +144,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     preset: str = ""  # the named preset this config started from ("" = none)
 

@@ -26,6 +26,8 @@ class LossParts(NamedTuple):
     z_loss: torch.Tensor
     z_loss_raw: torch.Tensor
     log_z: torch.Tensor
+    logit_max_abs: torch.Tensor | None = None  # with `stats=True` (probe steps)
+    logit_mean: torch.Tensor | None = None
 
 
 class _CrossEntropyZ(torch.autograd.Function):
@@ -79,7 +81,8 @@ class _LinearCrossEntropyZ(torch.autograd.Function):
     """loss = mean CE + z_coef * mean log^2 Z of `hidden @ weight.T`, gradients formed in forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, z_coef: float, chunk: int):  # type: ignore[override]
+    def forward(ctx, hidden, weight, labels, z_coef: float, chunk: int,  # type: ignore[override]
+                stats: bool):
         device = hidden.device
         # Matmuls in the autocast dtype when autocast is on (bf16 on GPU), softmax maths in fp32.
         dtype = (torch.get_autocast_dtype(device.type)
@@ -95,10 +98,15 @@ class _LinearCrossEntropyZ(torch.autograd.Function):
             z_sum = torch.zeros_like(ce_sum)
             grad_hidden = torch.empty_like(hidden)
             grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+            max_abs, total = torch.zeros_like(ce_sum), torch.zeros_like(ce_sum)
             for start in range(0, n, chunk):
                 rows = slice(start, min(n, start + chunk))
                 h, lab, k = hidden[rows].to(dtype), labels[rows].clamp(min=0).unsqueeze(1), keep[rows]
                 logits = (h @ w.t()).float()
+                if stats:
+                    lo, hi = logits.aminmax()
+                    max_abs = torch.maximum(max_abs, torch.maximum(-lo, hi))
+                    total += logits.sum()
                 lse = torch.logsumexp(logits, dim=-1)
                 log_z[rows] = lse
                 ce_sum += torch.where(k, lse - logits.gather(1, lab).squeeze(1), 0.0).sum()
@@ -115,24 +123,27 @@ class _LinearCrossEntropyZ(torch.autograd.Function):
                     grad_weight += (grad.t() @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         ce, z_raw = ce_sum * inv, z_sum * inv
-        ctx.mark_non_differentiable(ce, z_raw, log_z)
-        return ce + z_coef * z_raw, ce, z_raw, log_z
+        mean = total / float(n * weight.shape[0])
+        ctx.mark_non_differentiable(ce, z_raw, log_z, max_abs, mean)
+        return ce + z_coef * z_raw, ce, z_raw, log_z, max_abs, mean
 
     @staticmethod
-    def backward(ctx, g_loss, _g_ce, _g_z, _g_log_z):  # type: ignore[override]
+    def backward(ctx, g_loss, *_):  # type: ignore[override]
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * g_loss, grad_weight * g_loss, None, None, None
+        return grad_hidden * g_loss, grad_weight * g_loss, None, None, None, None
 
 
 def fused_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
-                  z_coef: float, chunk_rows: int | None = None) -> LossParts:
+                  z_coef: float, chunk_rows: int | None = None, stats: bool = False) -> LossParts:
     """`lm_loss(hidden @ head_weight.T, labels, z_coef)` without materialising the logits.
 
     `hidden` [..., d] is the final-normed residual stream, `head_weight` [V, d] the LM head. Only
-    `loss` carries gradients (ce and z_loss_raw are for logging).
+    `loss` carries gradients (ce and z_loss_raw are for logging). With `stats`, also the max
+    |logit| and the mean logit over all positions (two more passes over each chunk).
     """
     flat = hidden.reshape(-1, hidden.shape[-1])
     chunk = chunk_rows or _chunk_rows(head_weight.shape[0], hidden.device)
-    loss, ce, z_raw, log_z = _LinearCrossEntropyZ.apply(flat, head_weight, labels.reshape(-1),
-                                                         float(z_coef), chunk)
-    return LossParts(loss, ce, z_raw * z_coef, z_raw, log_z.view(labels.shape))
+    loss, ce, z_raw, log_z, max_abs, mean = _LinearCrossEntropyZ.apply(
+        flat, head_weight, labels.reshape(-1), float(z_coef), chunk, stats)
+    return LossParts(loss, ce, z_raw * z_coef, z_raw, log_z.view(labels.shape),
+                     max_abs if stats else None, mean if stats else None)

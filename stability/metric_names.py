@@ -21,6 +21,42 @@ GRAD_NORM = "grad/norm"  # global L2 norm before clipping
 GRAD_CLIP_COEF = "grad/clip_coef"
 OPTIM_STEP_SKIPPED = "optim/step_skipped"
 
+# Per-layer and per-part series: `layer_key(GRAD_NORM, i)` -> "grad/norm/layer_3".
+GRAD_RMS = "grad/rms"
+GRAD_NORM_EMBED = "grad/norm/embed"
+GRAD_NORM_LM_HEAD = "grad/norm/lm_head"
+GRAD_RMS_EMBED = "grad/rms/embed"
+GRAD_RMS_LM_HEAD = "grad/rms/lm_head"
+GRAD_NORM_ATTN = "grad/norm/attn"  # per layer: a block's attention projections
+GRAD_NORM_MLP = "grad/norm/mlp"  # per layer: a block's MLP
+GRAD_NORM_NORMS = "grad/norm/norms"  # per layer: a block's norm scales (QK-norm included)
+PARAM_NORM = "param/norm"  # per layer
+PARAM_NORM_EMBED = "param/norm/embed"
+UPDATE_RMS = "update/rms"  # per layer: RMS of the unscaled Adam update m_hat / (sqrt(v_hat) + eps)
+OPTIM_EPS_REGIME = "optim/eps_regime"  # per layer: share of entries with sqrt(v_hat) < eps
+ACT_RMS = "act/rms"  # per layer: residual stream after block i
+
+ATTN_LOGIT_MAX = "attn/logit_max"  # per layer (per head in the dense artifact)
+ATTN_ENTROPY_MEAN = "attn/entropy_mean"
+ATTN_ENTROPY_MIN = "attn/entropy_min"
+ATTN_Q_NORM = "attn/q_norm"
+ATTN_K_NORM = "attn/k_norm"
+
+LOGITS_MAX_ABS = "logits/max_abs"
+LOGITS_MEAN = "logits/mean"
+LOGITS_LOG_Z_MEAN = "logits/log_z_mean"
+LOGITS_LOG_Z_MAX = "logits/log_z_max"
+
+SPIKE_SCORE_LOSS = "spike/score_loss"  # OLMo 2 definition, percent
+SPIKE_SCORE_GRAD_NORM = "spike/score_grad_norm"
+SPIKE_ONLINE_LOSS = "spike/online_loss"  # OLMo-core 6 sigma / 128, fraction over 10000 steps
+SPIKE_ONLINE_GRAD_NORM = "spike/online_grad_norm"
+SPIKE_COUNT = "spike/count"  # events so far, all series and rules
+SPIKES_ARTIFACT = "spikes.csv"
+
+INIT_GROWTH_ACT = "init/growth_act"  # growth exponent lambda at init, logged once
+INIT_GROWTH_GRAD = "init/growth_grad"
+
 
 def layer_key(prefix: str, layer: int) -> str:
     """`prefix/layer_{i}`, e.g. `layer_key(GRAD_NORM, 3) == "grad/norm/layer_3"`."""

@@ -117,13 +117,15 @@ class SkipStep:
 
 
 @torch.no_grad()
-def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global L2 clipping on device. Returns (pre-clip norm, clip coefficient in (0, 1])."""
-    grads = [p.grad for p in params if p.grad is not None]
-    norms = torch._foreach_norm(grads, 2.0)
+def clip_grad_norm_(params: list[torch.Tensor], max_norm: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Global L2 clipping on device. Returns (pre-clip norm, clip coefficient in (0, 1], the
+    pre-clip per-tensor norms in `params` order, for the probes). Every param needs a grad."""
+    grads = [p.grad for p in params]
+    norms = list(torch._foreach_norm(grads, 2.0))
     total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
     if max_norm <= 0:
-        return total, torch.ones_like(total)
+        return total, torch.ones_like(total), norms
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     torch._foreach_mul_(grads, coef.to(grads[0].dtype))
-    return total, coef
+    return total, coef, norms

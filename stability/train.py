@@ -8,7 +8,6 @@ norm is found at the read-out and ends the run with status `diverged` at the exa
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 import sys
 import time
@@ -27,6 +26,7 @@ from stability.data import Batch, build_data
 from stability.loss import LossParts, fused_lm_loss
 from stability.optim import AdamW, SkipStep, clip_grad_norm_, param_groups
 from stability.presets import run_recipe_of
+from stability.probes.session import ProbeSession
 from stability.schedule import lr_at
 from stability.seeding import config_hash, derive_seeds, init_generator
 from stability.tracking import Tracker, git_commit
@@ -60,10 +60,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_loss(model: model_lib.Transformer, input_ids: torch.Tensor, labels: torch.Tensor,
-               z_coef: float, doc_ids: torch.Tensor | None = None) -> LossParts:
-    """The training loss of `model` on a batch: trunk, then the fused LM head + CE + z-loss."""
-    hidden = model.features(input_ids, doc_ids)
-    return fused_lm_loss(hidden, model.lm_head.weight, labels, z_coef)
+               z_coef: float, doc_ids: torch.Tensor | None = None, probe: bool = False
+               ) -> tuple[LossParts, list[torch.Tensor] | None]:
+    """The training loss of `model` on a batch: trunk, then the fused LM head + CE + z-loss.
+
+    With `probe`, also the residual stream after each block and the output-logit statistics.
+    """
+    if probe:
+        out, hidden = model.features(input_ids, doc_ids, return_hidden=True)
+    else:
+        out, hidden = model.features(input_ids, doc_ids), None
+    return fused_lm_loss(out, model.lm_head.weight, labels, z_coef, stats=probe), hidden
 
 
 def _safe_name(name: str) -> str:
@@ -99,7 +106,8 @@ class Trainer:
                                seq_len=cfg.train.seq_len, seed=seeds["data"], progress=progress)
         self.model = model_lib.build(cfg.model, generator=init_generator(cfg.train.seed))
         self.model.to(self.device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.probes = ProbeSession(self.model, cfg.probes)
+        self.params = self.probes.params
         o = cfg.optim
         self.optimizer = AdamW(param_groups(self.model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         self.skip = (SkipStep(o.skip_step_window, o.skip_step_min_history, o.skip_step_sigma,
@@ -108,7 +116,8 @@ class Trainer:
         self.tokens_seen = 0
         self.run_id: str | None = None
         self.tracker: Tracker | None = None
-        self._buffer = torch.zeros(cfg.train.log_every, len(M.STEP_SERIES), device=self.device)
+        self._buffer = torch.zeros(cfg.train.log_every, self.probes.step_spec.width,
+                                   device=self.device)
         self._buffer_start = 0  # step of the buffer's first row
         self._buffer_rows = 0
         self._masked = 0  # labels masked by the n-gram filter since the last read-out
@@ -119,11 +128,14 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _forward_loss(self, batch: Batch) -> LossParts:
-        doc_ids = batch.doc_ids if self.cfg.data.doc_mask else None
+    def _doc_ids(self, batch: Batch) -> torch.Tensor | None:
+        return batch.doc_ids if self.cfg.data.doc_mask else None
+
+    def _forward_loss(self, batch: Batch, probe: bool = False
+                      ) -> tuple[LossParts, list[torch.Tensor] | None]:
         with self._autocast():
             return model_loss(self.model, batch.input_ids, batch.labels, self.cfg.loss.z_loss,
-                              doc_ids)
+                              self._doc_ids(batch), probe)
 
     def train_step(self, step: int) -> None:
         """Forward, loss, backward, clip, (skip-)step at `step`; scalars stay on device."""
@@ -133,47 +145,46 @@ class Trainer:
                    kind=cfg.schedule.kind, alpha_f=cfg.schedule.alpha_f)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        parts = self._forward_loss(batch)
+        probe = self.probes.is_probe_step(step)
+        parts, hidden = self._forward_loss(batch, probe)
         parts.loss.backward()
-        grad_norm, clip_coef = clip_grad_norm_(self.params, cfg.optim.clip_grad_norm)
+        grad_norm, clip_coef, tensor_norms = clip_grad_norm_(self.params, cfg.optim.clip_grad_norm)
         factor = self.skip(parts.loss, grad_norm) if self.skip is not None else None
         self.optimizer.step(factor)
         self.optimizer.zero_grad(set_to_none=True)
         skipped = 1.0 - factor if factor is not None else torch.zeros((), device=self.device)
-        row = torch.stack([parts.loss.detach(), parts.ce.detach(), parts.z_loss.detach(),
-                           parts.z_loss_raw.detach(), grad_norm, clip_coef, skipped]).float()
+        row = self.probes.step_row(parts, grad_norm, clip_coef, skipped, tensor_norms)
         self._buffer[self._buffer_rows].copy_(row)
+        self.probes.after_step(step, parts, hidden, self.optimizer, self.model, batch.input_ids,
+                               self._doc_ids(batch))
         self._buffer_rows += 1
         self.tokens_seen += batch.input_ids.numel()
         self._masked += batch.n_masked  # host-side count from the loader: no sync
 
     # ------------------------------------------------------------------ read-out and eval
     def _read_out(self, elapsed: float) -> tuple[dict[str, float], int | None]:
-        """Copy the buffer to host once; log every step's scalars; find the first non-finite."""
-        rows = self._buffer[: self._buffer_rows].cpu().tolist()
-        first_bad = None
-        for i, values in enumerate(rows):
-            step = self._buffer_start + i
-            named = dict(zip(M.STEP_SERIES, values))
-            if not (math.isfinite(named[M.TRAIN_LOSS]) and math.isfinite(named[M.GRAD_NORM])):
-                first_bad = step
-                break
-            if self.tracker:
+        """One host copy of the step buffer and probe rows; log them; find the first non-finite."""
+        found = self.probes.read_out(self._buffer[: self._buffer_rows], self._buffer_start)
+        if self.tracker:
+            for step, named in found.steps + found.probes:
                 self.tracker.log_metrics(step, named)
-        last = dict(zip(M.STEP_SERIES, rows[-1])) if rows else {}
-        n_tokens = len(rows) * self.cfg.train.batch_size * self.cfg.train.seq_len
+        last = dict(found.steps[-1][1]) if found.steps else {}
+        n_tokens = self._buffer_rows * self.cfg.train.batch_size * self.cfg.train.seq_len
         last[M.TRAIN_TOKENS_PER_S] = n_tokens / max(elapsed, 1e-9)
         last[M.TRAIN_TOKENS] = float(self.tokens_seen)
         last[M.TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
         last[M.TRAIN_MASKED_TOKENS] = float(self._masked)
         self._masked = 0
-        if self.tracker and first_bad is None:
-            self.tracker.log_metrics(self._buffer_start + len(rows) - 1, {
-                k: last[k] for k in (M.TRAIN_TOKENS_PER_S, M.TRAIN_TOKENS, M.TRAIN_LR,
-                                     M.TRAIN_MASKED_TOKENS)})
+        if self.probes.monitor is not None:
+            last.update(self.probes.monitor.scores())
+        if self.tracker and found.first_bad is None:
+            self.tracker.log_metrics(self._buffer_start + self._buffer_rows - 1, {
+                k: v for k, v in last.items()
+                if k in (M.TRAIN_TOKENS_PER_S, M.TRAIN_TOKENS, M.TRAIN_LR, M.TRAIN_MASKED_TOKENS)
+                or k.startswith("spike/")})
         self._buffer_start += self._buffer_rows
         self._buffer_rows = 0
-        return last, first_bad
+        return last, found.first_bad
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -183,7 +194,7 @@ class Trainer:
         for batch in self.data.val_batches(self.cfg.train.batch_size, self.cfg.train.eval_batches):
             batch = batch.to(self.device)
             n = int((batch.labels != -100).sum())
-            total += self._forward_loss(batch).ce * n
+            total += self._forward_loss(batch)[0].ce * n
             count += n
         self.model.train()
         return float(total) / max(count, 1)
@@ -196,6 +207,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "skip_step": self.skip.state_dict() if self.skip else None,
+            "spikes": self.probes.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "run_id": self.run_id,
@@ -220,6 +232,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.skip is not None and state["skip_step"] is not None:
             self.skip.load_state_dict(state["skip_step"])
+        self.probes.load_state_dict(state.get("spikes"))
         torch.set_rng_state(state["rng_cpu"].cpu())
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
@@ -276,11 +289,13 @@ class Trainer:
                         break
                     bar.set_postfix(loss=f"{last[M.TRAIN_LOSS]:.3f}",
                                     gnorm=f"{last[M.GRAD_NORM]:.2f}",
-                                    tok_s=f"{last[M.TRAIN_TOKENS_PER_S]:.0f}")
+                                    tok_s=f"{last[M.TRAIN_TOKENS_PER_S]:.0f}",
+                                    spikes=int(last.get(M.SPIKE_COUNT, 0)))
                     if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                         eval_loss = self._log_eval()
                     if at_ckpt and self.step < cfg.steps:
                         self.save()
+                        self._log_spikes()
                     t0 = time.perf_counter()  # tokens/s counts training steps only
             if status == "finished":
                 eval_loss = self._log_eval()
@@ -291,11 +306,18 @@ class Trainer:
                 self.tracker.finish("failed")
             raise
         bar.close()
+        self._log_spikes()
         if self.tracker:
             tags = {"diverged_at_step": diverged_at} if diverged_at is not None else {}
             self.tracker.finish(status, tags)
         return RunResult(status, self.step, last.get(M.TRAIN_LOSS), eval_loss, diverged_at,
                          self.run_id, str(self.ckpt_dir))
+
+    def _log_spikes(self) -> None:
+        """The spike events so far as the `spikes.csv` artifact (rewritten as it grows)."""
+        if self.tracker and self.probes.monitor is not None:
+            self.tracker.log_text(self.probes.monitor.frame().to_csv(index=False),
+                                  M.SPIKES_ARTIFACT)
 
     def _log_eval(self) -> float:
         value = self.evaluate()

@@ -120,11 +120,13 @@ def test_clip_matches_torch():
     for p, q in zip(ours, ref):
         g = torch.randn_like(p) * 3
         p.grad, q.grad = g.clone(), g.clone()
-    norm, coef = clip_grad_norm_(ours, 1.0)
+    norm, coef, tensor_norms = clip_grad_norm_(ours, 1.0)
     ref_norm = torch.nn.utils.clip_grad_norm_(ref, 1.0)
     assert norm.item() == pytest.approx(ref_norm.item(), rel=1e-6)
     assert coef.item() == pytest.approx(1.0 / (ref_norm.item() + 1e-6), rel=1e-6)
     for p, q in zip(ours, ref):
         torch.testing.assert_close(p.grad, q.grad)
-    norm_off, coef_off = clip_grad_norm_(ours, 0.0)
+    assert [n.item() for n in tensor_norms] == pytest.approx(
+        [(q.grad / coef).norm().item() for q in ours], rel=1e-5)
+    norm_off, coef_off, _ = clip_grad_norm_(ours, 0.0)
     assert coef_off.item() == 1.0 and norm_off.item() == pytest.approx(1.0, rel=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -104,6 +105,41 @@ def test_exact_threshold_and_constant_window():
     assert not detect_spikes(const[:7], rule).any()  # equal to a constant window: no spike
     up = dataclasses.replace(rule, one_sided=True)
     assert detect_spikes(np.array([5.0] * 6 + [4.0]), up).tolist() == [False] * 7
+
+
+def rational_flags(values: list[float], rule: SpikeRule) -> list[bool]:
+    """The rule in exact rational arithmetic: the ground truth at ties and extreme scales."""
+    history: list[Fraction] = []
+    flags, k2 = [], Fraction(rule.sigma) ** 2
+    for x in values:
+        if not math.isfinite(x):
+            flags.append(True)
+            continue
+        prev, flag = history[-rule.window:], False
+        if len(prev) >= rule.min_history:
+            mean = sum(prev) / len(prev)
+            var = sum((v - mean) ** 2 for v in prev) / (len(prev) - 1)
+            d = Fraction(x) - mean
+            d2_ok = d * d >= k2 * var if rule.inclusive else d * d > k2 * var
+            flag = d2_ok and (d > 0 if rule.one_sided else d != 0)
+        flags.append(flag)
+        history.append(Fraction(x))
+    return flags
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1, 1e-310, 3e200])
+def test_exact_on_ties_and_extreme_scales(scale):
+    """Few distinct values make exact threshold ties common; 3e200 squared overflows float64."""
+    rules = [SpikeRule("a", 3, 1.0, False, 2), SpikeRule("b", 4, 1.5, True, 2, inclusive=False),
+             SpikeRule("c", 5, 0.5, False, 3)]
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        x = rng.integers(0, 4, 120).astype(float) * scale
+        x[rng.random(120) < 0.05] = np.nan
+        for rule in rules:
+            want = rational_flags(x.tolist(), rule)
+            assert detect_spikes(x, rule).tolist() == want
+            assert online_flags(x.tolist(), rule)[0] == want
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -212,6 +248,13 @@ def test_events_to_frame():
     assert frame.loc[0, "leading_layer"] == 2 and pd.isna(frame.loc[1, "leading_layer"])
     assert frame.loc[0, "attn_logit_rising"] and pd.isna(frame.loc[1, "log_z_rising"])
     assert "step,series" in frame.to_csv(index=False)
+
+
+def test_empty_and_all_nan():
+    assert detect_spikes(np.array([]), OLMO2_RULE).tolist() == []
+    assert math.isnan(spike_score(np.array([]), OLMO_CORE_RULE))
+    assert detect_spikes(np.full(3, np.nan), OLMO2_RULE).all()
+    assert spike_score(np.full(3, np.nan), OLMO2_RULE) == 100.0
 
 
 def test_bad_inputs():

@@ -94,8 +94,12 @@ def test_nan_marks_the_run_diverged_at_its_step(tmp_path, monkeypatch):
 
     def poisoned(*args, **kwargs):
         out = forward(*args, **kwargs)
+        if not torch.is_grad_enabled():  # probe forwards (attention stats) do not count
+            return out
         calls["n"] += 1
-        return out * float("nan") if calls["n"] == 7 else out  # the 7th forward is step 6
+        if calls["n"] != 7:  # the 7th training forward is step 6
+            return out
+        return (out[0] * float("nan"), out[1]) if isinstance(out, tuple) else out * float("nan")
 
     monkeypatch.setattr(trainer.model, "features", poisoned)
     result = trainer.run()
