@@ -40,6 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
 
     sub.add_parser("presets", help="list the named presets")
+
+    p = sub.add_parser("probe-init", help="growth exponent lambda vs d_model per init scheme, "
+                                          "at initialisation (no training)")
+    _config_args(p)
+    p.add_argument("--widths", default="64,128,256,512", help="comma-separated d_model values")
+    p.add_argument("--inits", default="normal,mitchell",
+                   help="comma-separated init schemes (normal, mitchell, megatron, llama_depth, "
+                        "fan_in)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (averaged)")
+    p.add_argument("--batches", type=int, default=2, help="validation batches per model")
+    p.add_argument("--csv", help="also write the table as CSV here")
     return parser
 
 
@@ -98,9 +109,42 @@ def cmd_presets(_: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values) and flag != "--seeds":
+        raise ConfigError(f"{flag}: expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def cmd_probe_init(args: argparse.Namespace) -> int:
+    from model.config import ModelConfig
+    from stability.probes.growth import format_growth_table, growth_table
+
+    cfg = _resolve(args)
+    inits = [v.strip() for v in args.inits.split(",") if v.strip()]
+    allowed = ModelConfig.CHOICES["init"]
+    bad = [v for v in inits if v not in allowed]
+    if bad or not inits:
+        raise ConfigError(f"--inits: {', '.join(bad) or 'empty'} not in ({', '.join(allowed)})")
+    widths = _int_list("--widths", args.widths)
+    head_dim = cfg.model.head_dim
+    if any(w % head_dim for w in widths):
+        raise ConfigError(f"--widths: every width must be a multiple of head_dim {head_dim}")
+    table = growth_table(cfg, widths, inits, seeds=_int_list("--seeds", args.seeds),
+                         batch_size=cfg.train.batch_size, batches=args.batches)
+    print(format_growth_table(table))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "config": cmd_config, "presets": cmd_presets}[args.command]
+    handler = {"train": cmd_train, "config": cmd_config, "presets": cmd_presets,
+               "probe-init": cmd_probe_init}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

@@ -26,6 +26,7 @@ from stability.data import Batch, build_data
 from stability.loss import LossParts, fused_lm_loss
 from stability.optim import AdamW, SkipStep, clip_grad_norm_, param_groups
 from stability.presets import run_recipe_of
+from stability.probes.growth import growth_exponents
 from stability.probes.session import ProbeSession
 from stability.schedule import lr_at
 from stability.seeding import config_hash, derive_seeds, init_generator
@@ -272,6 +273,8 @@ class Trainer:
         if self.resume and not self._restore():
             print(f"note: no checkpoint in {self.ckpt_dir}; starting from step 0", file=sys.stderr)
         self._start_tracking()
+        if self.step == 0 and self.cfg.probes.enabled:
+            self._log_growth()
         self.model.train()
         bar = _progress_bar(cfg.steps, self.step, self.progress)
         status, diverged_at, last, eval_loss = "finished", None, {}, None
@@ -312,6 +315,16 @@ class Trainer:
             self.tracker.finish(status, tags)
         return RunResult(status, self.step, last.get(M.TRAIN_LOSS), eval_loss, diverged_at,
                          self.run_id, str(self.ckpt_dir))
+
+    def _log_growth(self) -> None:
+        """The growth exponents of the freshly initialised model (REFERENCE.md section 2), once."""
+        batch = self.data.val_batches(self.cfg.train.batch_size, 1)[0].to(self.device)
+        with self._autocast():
+            growth = growth_exponents(self.model, batch.input_ids, batch.labels,
+                                      doc_ids=self._doc_ids(batch))
+        if self.tracker:
+            self.tracker.log_metrics(0, {M.INIT_GROWTH_ACT: growth["act"],
+                                         M.INIT_GROWTH_GRAD: growth["grad"]})
 
     def _log_spikes(self) -> None:
         """The spike events so far as the `spikes.csv` artifact (rewritten as it grows)."""

@@ -134,6 +134,7 @@ def test_trainer_logs_probes_and_spikes(tmp_path, monkeypatch):
                 M.layer_key(M.OPTIM_EPS_REGIME, 1), M.layer_key(M.ACT_RMS, 3),
                 M.layer_key(M.ATTN_LOGIT_MAX, 0), M.layer_key(M.ATTN_ENTROPY_MIN, 2),
                 M.LOGITS_MAX_ABS, M.LOGITS_LOG_Z_MEAN, M.GRAD_NORM_EMBED, M.SPIKE_ONLINE_GRAD_NORM,
+                M.INIT_GROWTH_ACT, M.INIT_GROWTH_GRAD,
                 M.SPIKE_COUNT):
         assert key in metrics and math.isfinite(metrics[key]), key
     steps = [m.step for m in client.get_metric_history(result.run_id, M.layer_key(M.PARAM_NORM, 0))]
@@ -146,3 +147,20 @@ def test_trainer_logs_probes_and_spikes(tmp_path, monkeypatch):
     spike = events[(events.step == 80) & events.series.str.startswith(M.GRAD_NORM)]
     assert len(spike) == 1 and spike.leading_layer.iloc[0] == 2
     assert metrics[M.SPIKE_COUNT] >= 1
+
+
+def test_probe_init_cli(capsys, tmp_path):
+    from stability.cli import main
+
+    csv = tmp_path / "growth.csv"
+    rc = main(["probe-init", "--preset", "olmo2-tiny", "--widths", "64,128", "--inits",
+               "normal,mitchell", "--set", "data.max_bytes=200000", "--batches", "1",
+               "--csv", str(csv)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "normal:lambda_act" in out and "mitchell:lambda_grad" in out
+    table = pd.read_csv(csv)
+    assert sorted(table.d_model.unique()) == [64, 128] and table.growth_act.notna().all()
+    assert main(["probe-init", "--preset", "olmo2-tiny", "--widths", "48"]) == 2
+    assert main(["probe-init", "--preset", "olmo2-tiny", "--inits", "xavier"]) == 2
+    assert "--widths: every width must be a multiple" in capsys.readouterr().err
