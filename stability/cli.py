@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the named presets")
 
+    p = sub.add_parser("tracking", help="tracking utilities")
+    tsub = p.add_subparsers(dest="tracking_command", required=True)
+    r = tsub.add_parser("replay", help="send a spool file of points a tracking outage left")
+    r.add_argument("spool", help="the .jsonl spool file (printed when the run finished)")
+    r.add_argument("--tracking-uri", help="where to send it (default: the URI in the spool)")
+
     p = sub.add_parser("probe-init", help="growth exponent lambda vs d_model per init scheme, "
                                           "at initialisation (no training)")
     _config_args(p)
@@ -141,10 +147,22 @@ def cmd_probe_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tracking(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from stability.tracking import replay_spool
+
+    if not Path(args.spool).is_file():
+        raise ConfigError(f"spool: file '{args.spool}' does not exist")
+    sent = replay_spool(args.spool, args.tracking_uri)
+    print(f"replayed {sent} metric points from {args.spool}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "config": cmd_config, "presets": cmd_presets,
-               "probe-init": cmd_probe_init}[args.command]
+               "probe-init": cmd_probe_init, "tracking": cmd_tracking}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

@@ -1,33 +1,46 @@
 """MLflow tracking, the one door to the tracker (DESIGN.md section 3, "MLflow layout").
 
 URI: explicit, else `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the working directory with
-artifacts beside it (`./mlartifacts`). Metrics are queued by the trainer and written by a
-background thread in batches of at most 1000 points, so the training loop never waits on the
-store; failed writes are retried with backoff ("database is locked" included).
+artifacts beside it (`./mlartifacts`). Metrics, params, tags, the final status and dense-artifact
+uploads are queued by the trainer and written by a background thread (metrics in batches of at most
+1000 points), so the training loop never waits on the store.
+
+The spool format and the exactly-once argument: `stability.tracking_io`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import queue
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-DEFAULT_URI = "sqlite:///mlflow.db"
-MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch request
-MAX_PARAMS = 100  # MLflow's limit of params per log_batch request
-STATUSES = ("running", "finished", "diverged", "failed")
-_MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
-
-
-def resolve_uri(uri: str = "") -> str:
-    """The tracking URI by DESIGN.md's rule."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+from stability.tracking_io import (
+    _MLFLOW_STATUS,
+    _SEND_DELAYS,
+    _SPOOL_VERSION,
+    DEFAULT_SPOOL_DIR,
+    DENSE_ARTIFACT_DIR,
+    MAX_BATCH,
+    MAX_PARAMS,
+    MAX_TAGS,
+    SEND_TIMEOUT_S,
+    TrackingUnavailable,  # noqa: F401 - part of this module's API
+    _check_reachable,
+    _groups,
+    _is_permanent,
+    _quiet_mlflow_logs,
+    _retry,
+    _safe_uri,
+    _Sender,
+    _Spool,
+    replay_spool,  # noqa: F401 - part of this module's API
+    resolve_uri,
+)
 
 
 def artifact_root_for(uri: str) -> str | None:
@@ -49,35 +62,22 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _quiet_mlflow_logs() -> None:
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _retry(fn, *args, attempts: int = 8, **kwargs):
-    """Call `fn`, retrying transient store errors with exponential backoff."""
-    delay = 0.05
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any store error is retried, the last re-raised
-            if attempt == attempts - 1:
-                raise
-            print(f"warning: tracking write failed ({type(exc).__name__}: {exc}); retrying",
-                  file=sys.stderr)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    return None
-
-
+# ------------------------------------------------------------------------------------------ tracker
 class Tracker:
-    """One MLflow run: params, tags, batched metrics from a writer thread, artifacts, status."""
+    """One MLflow run: params, tags, batched metrics from a writer thread, artifacts, status.
 
-    def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None) -> None:
+    Survives mid-run outages of the store by spooling to `spool_dir` (see the module docstring);
+    the constructor itself needs the store (`TrackingUnavailable` for an unreachable server).
+    """
+
+    def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None, *,
+                 spool_dir: str | Path = DEFAULT_SPOOL_DIR, finish_timeout: float = 30.0,
+                 retry_max_interval: float = 10.0) -> None:
         _quiet_mlflow_logs()
         from mlflow.tracking import MlflowClient
 
         self.uri = resolve_uri(uri)
+        _check_reachable(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = self._experiment(experiment)
         self.resumed = run_id is not None
@@ -85,9 +85,22 @@ class Tracker:
             run = _retry(self.client.create_run, self.experiment_id, run_name=run_name or None)
             run_id = run.info.run_id
         self.run_id: str = run_id
-        self.logged_through = self._last_logged_step() if self.resumed else -1
+        self.finish_timeout = finish_timeout
+        self.retry_max_interval = retry_max_interval
+        self.spool = _Spool(Path(spool_dir).resolve() / f"{self.run_id}.jsonl")
+        self.logged_through = -1
+        if self.resumed:  # points a crashed process spooled count as logged: they will be sent
+            self.logged_through = max(self._last_logged_step(), self.spool.max_step("train/loss"))
+        self._sender = _Sender(self.client, self.uri)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._error: BaseException | None = None
+        self._id_prefix = uuid.uuid4().hex[:8]
+        self._seq = 0
+        self._backoff = 0.5
+        self._next_drain = 0.0  # monotonic time of the next attempt to drain the spool
+        self._outage_since: float | None = None
+        self._dense_seen: set[str] = set()
+        self._deadline: float | None = None  # set by finish(): after it, records go to the spool
         self._writer = threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True)
         self._writer.start()
 
@@ -115,73 +128,229 @@ class Tracker:
         self._queue.put(("metrics", step, int(time.time() * 1000), values))
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        """Queue params (values cut to MLflow's 6000 characters); sent in requests of <= 100."""
+        items = [(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), MAX_PARAMS):
-            _retry(self.client.log_batch, self.run_id, params=items[i:i + MAX_PARAMS])
+            self._queue.put(("params", items[i:i + MAX_PARAMS]))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
-        if items:
-            _retry(self.client.log_batch, self.run_id, tags=items)
+        """Queue tags (None values skipped); written in order with the metrics."""
+        items = [(k, str(v)) for k, v in tags.items() if v is not None]
+        for i in range(0, len(items), MAX_TAGS):
+            self._queue.put(("tags", items[i:i + MAX_TAGS]))
 
     def log_text(self, text: str, artifact_file: str) -> None:
+        """Write a text artifact now (blocking; meant for the start of a run)."""
         _retry(self.client.log_text, self.run_id, text, artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file now (blocking; meant for the start of a run)."""
         _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
-    # -- the writer thread -------------------------------------------------------------------
-    def _write_loop(self) -> None:
-        from mlflow.entities import Metric
+    def log_dense_parts(self, directory: str | Path, artifact_path: str = DENSE_ARTIFACT_DIR) -> int:
+        """Queue the upload of part files in `directory` not queued before; return how many.
 
+        Part files are immutable once they exist (`stability.dense` writes them atomically), so
+        each is uploaded once per Tracker; uploads go through the writer thread (spooled and
+        replayed like metrics when the store is away).
+        """
+        from stability.dense import part_files
+
+        new = [p for p in part_files(directory) if str(p) not in self._dense_seen]
+        for p in new:
+            self._dense_seen.add(str(p))
+            self._queue.put(("artifact", str(p), artifact_path))
+        return len(new)
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _record(self, kind: str, **fields: Any) -> dict[str, Any]:
+        self._seq += 1
+        return {"v": _SPOOL_VERSION, "id": f"{self._id_prefix}-{self._seq}", "run_id": self.run_id,
+                "uri": _safe_uri(self.uri), "kind": kind, **fields}
+
+    def _records(self, items: list[tuple]) -> list[dict[str, Any]]:
+        """Queue items -> spool records, in order; runs of metric items in chunks of MAX_BATCH."""
+        out: list[dict[str, Any]] = []
+        metrics: list[list] = []
+
+        def flush_metrics() -> None:
+            for i in range(0, len(metrics), MAX_BATCH):
+                out.append(self._record("batch", metrics=metrics[i:i + MAX_BATCH]))
+            metrics.clear()
+
+        for item in items:
+            if item[0] == "metrics":
+                _, step, ts, values = item
+                metrics.extend([k, float(v), ts, int(step)] for k, v in values.items())
+                continue
+            flush_metrics()
+            if item[0] == "params":
+                out.append(self._record("batch", metrics=[], params=[list(p) for p in item[1]]))
+            elif item[0] == "tags":
+                out.append(self._record("batch", metrics=[], tags=[list(t) for t in item[1]]))
+            elif item[0] == "terminate":
+                out.append(self._record("terminate", status=item[1], end_time=item[2]))
+            elif item[0] == "artifact":
+                out.append(self._record("artifact", path=item[1], artifact_path=item[2]))
+        flush_metrics()
+        return out
+
+    def _write_loop(self) -> None:
+        if self.spool.pending:  # left by a crashed process of this run: send it first
+            print(f"tracking: sending {self.spool.path} left by an earlier process first",
+                  file=sys.stderr)
+            self._outage_since = time.monotonic()
         while True:
-            item = self._queue.get()
-            if item is None:
-                self._queue.task_done()
-                return
-            pending = [item]
-            while len(pending) < MAX_BATCH:  # drain what is already queued into one request
+            wait = max(0.0, self._next_drain - time.monotonic()) if self.spool.pending else None
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                self._drain()
+                continue
+            items, stop = [], None
+            n_points = 0
+            while True:
+                if item[0] == "stop":
+                    stop = item
+                    break
+                items.append(item)
+                n_points += len(item[3]) if item[0] == "metrics" else 1
+                if n_points >= MAX_BATCH:
+                    break
                 try:
-                    nxt = self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
-                    self._queue.put(None)  # handled on the next loop turn
-                    self._queue.task_done()
-                    break
-                pending.append(nxt)
-            metrics = [Metric(k, float(v), ts, step) for _, step, ts, vals in pending
-                       for k, v in vals.items()]
             try:
-                for i in range(0, len(metrics), MAX_BATCH):
-                    _retry(self.client.log_batch, self.run_id, metrics=metrics[i:i + MAX_BATCH])
+                for rec in self._records(items):
+                    self._deliver(rec)
             except BaseException as exc:  # noqa: BLE001 - reported by flush(), training goes on
                 self._error = exc
             finally:
-                for _ in pending:
+                for _ in items:
                     self._queue.task_done()
+            if stop is not None:
+                try:
+                    self._drain_until(stop[1])
+                finally:
+                    self._queue.task_done()
+                return
+
+    def _send_bounded(self, rec: dict[str, Any]) -> None:
+        """Send one record with the short retry; raise the last error."""
+        for attempt in range(len(_SEND_DELAYS) + 1):
+            try:
+                self._sender.send([rec])
+                return
+            except Exception as exc:  # noqa: BLE001
+                if _is_permanent(exc) or attempt == len(_SEND_DELAYS):
+                    raise
+                time.sleep(_SEND_DELAYS[attempt])
+
+    def _deliver(self, rec: dict[str, Any]) -> None:
+        """Send `rec`, or append it to the spool when the store is away (or behind a backlog)."""
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self.spool.append([rec])  # finish() ran out of time: keep the rest for a replay
+            return
+        if self.spool.pending and time.monotonic() >= self._next_drain:
+            self._drain()
+        if self.spool.pending:
+            self.spool.append([rec])
+            return
+        try:
+            self._send_bounded(rec)
+        except Exception as exc:  # noqa: BLE001
+            if _is_permanent(exc):
+                self._error = exc
+                return
+            self.spool.append([rec])
+            self._outage_since = time.monotonic()
+            self._backoff = 0.5
+            self._next_drain = time.monotonic() + self._backoff
+            print(f"warning: tracking store unreachable ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0][:200]}); spooling to {self.spool.path}",
+                  file=sys.stderr)
+
+    def _drain(self, timeout: float = SEND_TIMEOUT_S) -> bool:
+        """Send the spool from its head; True when it is empty afterwards."""
+        if not self.spool.pending:
+            return True
+        sent = 0
+        try:
+            for group, end in _groups(self.spool.records()):
+                try:
+                    sent += self._sender.send(group, timeout=timeout)
+                except Exception as exc:  # noqa: BLE001
+                    if not _is_permanent(exc):
+                        raise
+                    print(f"warning: the store rejected spooled record {group[0]['id']} "
+                          f"({exc}); dropping it", file=sys.stderr)
+                    self._error = exc
+                self.spool.advance(end, group[-1]["id"])
+        except Exception:  # noqa: BLE001 - still away: back off
+            self._next_drain = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, self.retry_max_interval)
+            return False
+        self.spool.clear()
+        self._backoff = 0.5
+        if self._outage_since is not None:
+            print(f"tracking: store back after {time.monotonic() - self._outage_since:.0f} s; "
+                  f"spool sent ({sent} points)", file=sys.stderr)
+            self._outage_since = None
+        return True
+
+    def _drain_until(self, deadline: float) -> None:
+        while self.spool.pending:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if now >= self._next_drain:
+                if self._drain(timeout=min(SEND_TIMEOUT_S, max(1.0, deadline - now))):
+                    return
+                self._next_drain = min(self._next_drain, time.monotonic() + 2.0)
+            time.sleep(max(0.0, min(self._next_drain, deadline) - time.monotonic()))
 
     def flush(self) -> None:
-        """Wait until every queued point is written; re-raise a write that failed for good."""
+        """Wait until every queued item is written or spooled; report a write that was rejected."""
         self._queue.join()
         if self._error is not None:
             err, self._error = self._error, None
-            print(f"warning: some metrics could not be written: {err}", file=sys.stderr)
+            print(f"warning: some tracking writes were rejected: {err}", file=sys.stderr)
 
-    def finish(self, status: str, tags: dict[str, Any] | None = None) -> None:
-        """Flush, record the final `status` tag (and extra tags) and end the MLflow run."""
-        self.flush()
-        self._queue.put(None)
-        self._writer.join(timeout=60)
-        self.set_tags({"status": status, **(tags or {})})
-        _retry(self.client.set_terminated, self.run_id, _MLFLOW_STATUS.get(status, "KILLED"))
+    def finish(self, status: str, tags: dict[str, Any] | None = None,
+               timeout: float | None = None) -> Path | None:
+        """Record the final `status` tag (and extra tags), end the run, stop the writer.
+
+        Waits at most `timeout` seconds (default `finish_timeout`) for the store; when it is still
+        away, the rest stays in the spool, one line tells how to replay it and its path is returned.
+        """
+        timeout = self.finish_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if self._writer.is_alive():
+            self.set_tags({"status": status, **(tags or {})})
+            self._queue.put(("terminate", _MLFLOW_STATUS.get(status, "KILLED"),
+                             int(time.time() * 1000)))
+            self._queue.put(("stop", deadline))
+            self._deadline = deadline
+            # past the deadline the writer only appends to the spool; one request may be in flight
+            self._writer.join(timeout=timeout + SEND_TIMEOUT_S + 30.0)
+            if self._writer.is_alive():
+                print("warning: the tracking writer is still busy; the last points may be lost",
+                      file=sys.stderr)
+        if self._error is not None:
+            err, self._error = self._error, None
+            print(f"warning: some tracking writes were rejected: {err}", file=sys.stderr)
+        if self.spool.pending:
+            uri = f" --tracking-uri {self.uri}" if _safe_uri(self.uri) else " --tracking-uri URI"
+            print(f"tracking: store unreachable; unsent points kept in {self.spool.path}; send "
+                  f"them with: stability tracking replay {self.spool.path}{uri}", file=sys.stderr)
+            return self.spool.path
+        return None
 
     def url_hint(self) -> str:
         """Where a person looks at this run."""
         if self.uri.startswith("sqlite:///"):
             return f"mlflow ui --backend-store-uri {self.uri}  (run {self.run_id})"
         return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import model as model_lib
@@ -23,6 +24,7 @@ from stability import metric_names as M
 from stability.checkpoint import load_latest, save_checkpoint
 from stability.config import RunConfig, flatten, to_toml
 from stability.data import Batch, build_data
+from stability.dense import DenseWriter
 from stability.loss import LossParts, fused_lm_loss
 from stability.optim import AdamW, SkipStep, clip_grad_norm_, param_groups
 from stability.presets import run_recipe_of
@@ -31,6 +33,8 @@ from stability.probes.session import ProbeSession
 from stability.schedule import lr_at
 from stability.seeding import config_hash, derive_seeds, init_generator
 from stability.tracking import Tracker, git_commit
+
+DENSE_FLUSH_READOUTS = 10  # a dense Parquet part every 10 read-outs (and at checkpoints, end)
 
 # Keys that may differ between a checkpoint's config and the resuming one.
 _RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_batches", "train.log_every",
@@ -122,6 +126,9 @@ class Trainer:
         self._buffer_start = 0  # step of the buffer's first row
         self._buffer_rows = 0
         self._masked = 0  # labels masked by the n-gram filter since the last read-out
+        self.dense_dir = self.ckpt_dir / "dense"
+        self.dense = DenseWriter(self.dense_dir) if cfg.probes.enabled else None
+        self._read_outs = 0
 
     # ------------------------------------------------------------------ one optimizer step
     def _autocast(self):
@@ -169,6 +176,12 @@ class Trainer:
         if self.tracker:
             for step, named in found.steps + found.probes:
                 self.tracker.log_metrics(step, named)
+        if self.dense is not None:
+            for step, key, values in found.dense:
+                self.dense.add(step, key, np.asarray(values, dtype=np.float32))
+            self._read_outs += 1
+            if self._read_outs % DENSE_FLUSH_READOUTS == 0:
+                self._flush_dense()
         last = dict(found.steps[-1][1]) if found.steps else {}
         n_tokens = self._buffer_rows * self.cfg.train.batch_size * self.cfg.train.seq_len
         last[M.TRAIN_TOKENS_PER_S] = n_tokens / max(elapsed, 1e-9)
@@ -248,7 +261,8 @@ class Trainer:
         t = self.cfg.tracking
         if not t.enabled:
             return
-        self.tracker = Tracker(t.uri, t.experiment, self.run_name, run_id=self.run_id)
+        self.tracker = Tracker(t.uri, t.experiment, self.run_name, run_id=self.run_id,
+                               spool_dir=self.ckpt_dir / "mlflow_spool")
         self.run_id = self.tracker.run_id
         if self.tracker.resumed:
             self.tracker.set_tags({"status": "running", "resumed_at_step": self.step})
@@ -297,6 +311,7 @@ class Trainer:
                     if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                         eval_loss = self._log_eval()
                     if at_ckpt and self.step < cfg.steps:
+                        self._flush_dense()
                         self.save()
                         self._log_spikes()
                     t0 = time.perf_counter()  # tokens/s counts training steps only
@@ -309,6 +324,7 @@ class Trainer:
                 self.tracker.finish("failed")
             raise
         bar.close()
+        self._flush_dense()
         self._log_spikes()
         if self.tracker:
             tags = {"diverged_at_step": diverged_at} if diverged_at is not None else {}
@@ -325,6 +341,11 @@ class Trainer:
         if self.tracker:
             self.tracker.log_metrics(0, {M.INIT_GROWTH_ACT: growth["act"],
                                          M.INIT_GROWTH_GRAD: growth["grad"]})
+
+    def _flush_dense(self) -> None:
+        """Write the buffered dense rows as a Parquet part and queue its upload."""
+        if self.dense is not None and self.dense.flush() is not None and self.tracker:
+            self.tracker.log_dense_parts(self.dense_dir)
 
     def _log_spikes(self) -> None:
         """The spike events so far as the `spikes.csv` artifact (rewritten as it grows)."""

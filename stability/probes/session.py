@@ -29,6 +29,8 @@ class ReadOut:
     probes: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # probe/attn steps
     first_bad: int | None = None  # first step with a non-finite loss or grad norm
     events: list[SpikeEvent] = field(default_factory=list)
+    # Dense series for the columnar artifact: (step, key, values [L] or [L][H]).
+    dense: list[tuple[int, str, list]] = field(default_factory=list)
 
 
 class ProbeSession:
@@ -106,6 +108,7 @@ class ProbeSession:
             layer_norms = row[layer_slice]
             per_layer_grads[step] = {M.layer_key(M.GRAD_NORM, j): v
                                      for j, v in enumerate(layer_norms)}
+            out.dense.append((step, M.GRAD_NORM, layer_norms))
             headline = {k: v for k, v in named.items() if "/layer_" not in k}
             out.steps.append((step, headline))
             if self.monitor is not None:
@@ -117,12 +120,20 @@ class ProbeSession:
             if out.first_bad is None or step < out.first_bad:
                 out.probes.append((step, {**self.probe_spec.named(row),
                                           **per_layer_grads.get(step, {})}))
+                out.dense.extend((step, f.key, row[self.probe_spec.slice(f.key)])
+                                 for f in self.probe_spec.fields if f.per_layer)
         for step, _ in attn_rows:
             row = flat[pos:pos + self.attn_spec.width]
             pos += self.attn_spec.width
             if out.first_bad is None or step < out.first_bad:
                 summary = attn_layer_summary(row, self.attn_spec, self.layout.n_layers)
                 out.probes.append((step, summary))
+                n_layers = self.layout.n_layers
+                for f in self.attn_spec.fields:  # per head: [L][H]
+                    values = row[self.attn_spec.slice(f.key)]
+                    heads = len(values) // n_layers
+                    out.dense.append((step, f.key, [values[i * heads:(i + 1) * heads]
+                                                    for i in range(n_layers)]))
                 if self.monitor is not None:
                     self.monitor.observe_attention(max(
                         v for k, v in summary.items() if k.startswith(M.ATTN_LOGIT_MAX)))

@@ -148,6 +148,22 @@ def test_trainer_logs_probes_and_spikes(tmp_path, monkeypatch):
     assert len(spike) == 1 and spike.leading_layer.iloc[0] == 2
     assert metrics[M.SPIKE_COUNT] >= 1
 
+    from stability.dense import read_dense
+
+    dense = read_dense(tmp_path / "ck" / "dense")
+    heads = dense[(dense.key == M.ATTN_LOGIT_MAX) & (dense.step == 30)]
+    assert sorted(heads.layer.unique()) == [0, 1, 2, 3] and sorted(heads["head"].unique()) == [0, 1, 2, 3]
+    assert heads[heads.layer == 1].value.max() == pytest.approx(
+        metrics_at(client, result.run_id, M.layer_key(M.ATTN_LOGIT_MAX, 1), 30), rel=1e-6)
+    grads = dense[dense.key == M.GRAD_NORM]
+    assert sorted(grads.step.unique()) == list(range(90))  # every step, every layer
+    uploaded = [a.path for a in client.list_artifacts(result.run_id, "dense")]
+    assert uploaded and all(p.endswith(".parquet") for p in uploaded)
+
+
+def metrics_at(client, run_id: str, key: str, step: int) -> float:
+    return next(m.value for m in client.get_metric_history(run_id, key) if m.step == step)
+
 
 def test_probe_init_cli(capsys, tmp_path):
     from stability.cli import main
@@ -164,3 +180,4 @@ def test_probe_init_cli(capsys, tmp_path):
     assert main(["probe-init", "--preset", "olmo2-tiny", "--widths", "48"]) == 2
     assert main(["probe-init", "--preset", "olmo2-tiny", "--inits", "xavier"]) == 2
     assert "--widths: every width must be a multiple" in capsys.readouterr().err
+    assert main(["tracking", "replay", str(tmp_path / "nope.jsonl")]) == 2

@@ -94,7 +94,7 @@ def test_nan_marks_the_run_diverged_at_its_step(tmp_path, monkeypatch):
 
     def poisoned(*args, **kwargs):
         out = forward(*args, **kwargs)
-        if not torch.is_grad_enabled():  # probe forwards (attention stats) do not count
+        if not (torch.is_grad_enabled() and trainer.model.training):  # probe forwards
             return out
         calls["n"] += 1
         if calls["n"] != 7:  # the 7th training forward is step 6
