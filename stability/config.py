@@ -115,9 +115,13 @@ class ProbesConfig:
     attn_every: int = 50  # attention logits / entropy / q,k norms recomputed every N steps
     attn_batch: int = 2  # rows of the step's batch the attention probe uses
     spikes: bool = True  # online spike detectors (OLMo 2 and OLMo-core rules)
+    layers: list[int] = field(default_factory=list)  # layers probed for attention and logged
+    # per layer to MLflow ([] = all); the dense artifact always has every layer's grads
 
     def validate(self, section: str = "probes") -> None:
         _positive(section, self, "every", "attn_every", "attn_batch")
+        if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
+            raise ConfigError(f"{section}.layers: need distinct layer indices >= 0, got {self.layers}")
 
 
 @dataclass
@@ -164,6 +168,9 @@ class RunConfig:
                 f"data.tokenizer_vocab: {self.data.tokenizer_vocab} exceeds model.vocab_size "
                 f"{self.model.vocab_size}"
             )
+        if any(i >= self.model.n_layers for i in self.probes.layers):
+            raise ConfigError(f"probes.layers: {self.probes.layers} has an index outside "
+                              f"0..{self.model.n_layers - 1}")
         if self.train.device == "cpu" and self.model.attention == "xformers":
             raise ConfigError(
                 "model.attention: 'xformers' needs a CUDA device (allowed on cpu: auto, sdpa, eager)"

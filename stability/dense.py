@@ -54,9 +54,11 @@ class DenseWriter:
     def buffered_rows(self) -> int:
         return self._rows
 
-    def add(self, step: int, key: str, values, index_name: str = "layer") -> None:
+    def add(self, step: int, key: str, values, index_name: str = "layer",
+            layers: list[int] | None = None) -> None:
         """Add one step of `key`: a 1-D array indexed by `index_name` ("layer" or "head"; the
-        other index is -1), or a 2-D (layer, head) array."""
+        other index is -1), or a 2-D (layer, head) array. `layers` names the layer of each
+        layer position when they are not 0, 1, 2, ... (a probed subset)."""
         arr = np.asarray(values, dtype=np.float32)
         if arr.ndim == 1:
             idx = np.arange(arr.shape[0], dtype=np.int32)
@@ -74,6 +76,9 @@ class DenseWriter:
             arr = arr.reshape(-1)
         else:
             raise ValueError(f"values must be 1-D or 2-D (layer, head), got shape {arr.shape}")
+        if layers is not None:
+            ids = np.asarray(layers, dtype=np.int32)
+            layer = np.where(layer >= 0, ids[np.clip(layer, 0, None)], layer)
         steps = np.full(arr.shape[0], int(step), dtype=np.int64)
         self._chunks.append((steps, str(key), layer, head, arr))
         self._rows += arr.shape[0]

@@ -178,7 +178,8 @@ class Trainer:
                 self.tracker.log_metrics(step, named)
         if self.dense is not None:
             for step, key, values in found.dense:
-                self.dense.add(step, key, np.asarray(values, dtype=np.float32))
+                arr = np.asarray(values, dtype=np.float32)
+                self.dense.add(step, key, arr, layers=self.probes.layers if arr.ndim == 2 else None)
             self._read_outs += 1
             if self._read_outs % DENSE_FLUSH_READOUTS == 0:
                 self._flush_dense()

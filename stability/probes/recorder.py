@@ -86,15 +86,15 @@ def attn_spec(n_layers: int, n_heads: int) -> ProbeSpec:
     return ProbeSpec([Field(k, n_layers * n_heads, False) for k in ATTN_KEYS])
 
 
-def attn_layer_summary(row: list[float], spec: ProbeSpec, n_layers: int) -> dict[str, float]:
-    """Per-layer headline keys from a per-head attention row: max over heads of the max logit,
-    mean over heads of entropies and norms, min over heads of the minimum entropy."""
+def attn_layer_summary(row: list[float], spec: ProbeSpec, layers: list[int]) -> dict[str, float]:
+    """Per-layer headline keys from a per-head attention row of the probed `layers`: max over
+    heads of the max logit, mean over heads of entropies and norms, min of the minimum entropy."""
     out: dict[str, float] = {}
     for key in ATTN_KEYS:
         values = row[spec.slice(key)]
-        heads = len(values) // n_layers
-        for i in range(n_layers):
-            layer = values[i * heads:(i + 1) * heads]
+        heads = len(values) // len(layers)
+        for pos, i in enumerate(layers):
+            layer = values[pos * heads:(pos + 1) * heads]
             if key == M.ATTN_LOGIT_MAX:
                 v = max(layer)
             elif key == M.ATTN_ENTROPY_MIN:

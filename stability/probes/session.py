@@ -42,7 +42,9 @@ class ProbeSession:
         n_layers, n_heads = self.layout.n_layers, model.cfg.n_heads
         self.step_spec = step_spec(n_layers)
         self.probe_spec = probe_spec(n_layers)
-        self.attn_spec = attn_spec(n_layers, n_heads)
+        self.layers = list(cfg.layers) or list(range(n_layers))
+        self._layer_set = set(self.layers)
+        self.attn_spec = attn_spec(len(self.layers), n_heads)
         self.monitor = SpikeMonitor() if cfg.enabled and cfg.spikes else None
         self._probe_rows: list[tuple[int, torch.Tensor]] = []
         self._attn_rows: list[tuple[int, torch.Tensor]] = []
@@ -83,7 +85,7 @@ class ProbeSession:
         if self.is_attn_step(step):
             rows = slice(0, self.cfg.attn_batch)
             stats = attention_stats(model, input_ids[rows],
-                                    None if doc_ids is None else doc_ids[rows])
+                                    None if doc_ids is None else doc_ids[rows], self.layers)
             self._attn_rows.append((step, self.attn_spec.flatten(
                 stats["logit_max"], stats["entropy_mean"], stats["entropy_min"], stats["q_norm"],
                 stats["k_norm"])))
@@ -118,26 +120,31 @@ class ProbeSession:
             row = flat[pos:pos + self.probe_spec.width]
             pos += self.probe_spec.width
             if out.first_bad is None or step < out.first_bad:
-                out.probes.append((step, {**self.probe_spec.named(row),
-                                          **per_layer_grads.get(step, {})}))
+                named = {**self.probe_spec.named(row), **per_layer_grads.get(step, {})}
+                out.probes.append((step, {k: v for k, v in named.items() if self._keep(k)}))
                 out.dense.extend((step, f.key, row[self.probe_spec.slice(f.key)])
                                  for f in self.probe_spec.fields if f.per_layer)
         for step, _ in attn_rows:
             row = flat[pos:pos + self.attn_spec.width]
             pos += self.attn_spec.width
             if out.first_bad is None or step < out.first_bad:
-                summary = attn_layer_summary(row, self.attn_spec, self.layout.n_layers)
+                summary = attn_layer_summary(row, self.attn_spec, self.layers)
                 out.probes.append((step, summary))
-                n_layers = self.layout.n_layers
-                for f in self.attn_spec.fields:  # per head: [L][H]
+                n = len(self.layers)
+                for f in self.attn_spec.fields:  # per head: [len(layers)][H]
                     values = row[self.attn_spec.slice(f.key)]
-                    heads = len(values) // n_layers
+                    heads = len(values) // n
                     out.dense.append((step, f.key, [values[i * heads:(i + 1) * heads]
-                                                    for i in range(n_layers)]))
+                                                    for i in range(n)]))
                 if self.monitor is not None:
                     self.monitor.observe_attention(max(
                         v for k, v in summary.items() if k.startswith(M.ATTN_LOGIT_MAX)))
         return out
+
+    def _keep(self, key: str) -> bool:
+        """Per-layer MLflow keys only for the probed layers (the dense artifact has them all)."""
+        _, sep, index = key.rpartition("/layer_")
+        return not sep or int(index) in self._layer_set
 
     def state_dict(self) -> dict[str, Any] | None:
         return self.monitor.state_dict() if self.monitor is not None else None

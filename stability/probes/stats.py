@@ -73,14 +73,14 @@ def act_rms(hidden: list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def attention_stats(model: nn.Module, input_ids: torch.Tensor, doc_ids: torch.Tensor | None
-                    ) -> dict[str, torch.Tensor]:
+def attention_stats(model: nn.Module, input_ids: torch.Tensor, doc_ids: torch.Tensor | None,
+                    layers: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Per layer and head: max attention logit `<q,k>/sqrt(d_head)`, mean and min entropy of the
     attention rows, mean q and k norms — recomputed from each layer's actual q and k (after
     clip_qkv, QK-norm and RoPE) for `input_ids`, since fused kernels never expose the logits.
 
-    Returns tensors of shape [L, H]: `logit_max`, `entropy_mean`, `entropy_min`, `q_norm`,
-    `k_norm`.
+    Returns tensors of shape [L, H] (L = len(layers), all layers by default): `logit_max`,
+    `entropy_mean`, `entropy_min`, `q_norm`, `k_norm`.
     """
     inputs: list[torch.Tensor] = []
     hooks = [block.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
@@ -93,7 +93,9 @@ def attention_stats(model: nn.Module, input_ids: torch.Tensor, doc_ids: torch.Te
     out: dict[str, list[torch.Tensor]] = {k: [] for k in
                                           ("logit_max", "entropy_mean", "entropy_min", "q_norm",
                                            "k_norm")}
-    for block, x in zip(model.blocks, inputs):
+    wanted = range(len(model.blocks)) if layers is None else layers
+    for i in wanted:
+        block, x = model.blocks[i], inputs[i]
         q, k = block.attn.project_qk(x)  # [B, T, H, hd], [B, T, Hkv, hd]
         logits = block.attn.logits(x, doc_ids)  # [B, H, T, T] fp32, masked = -inf
         valid = torch.isfinite(logits)

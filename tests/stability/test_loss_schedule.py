@@ -122,3 +122,15 @@ def test_fused_linear_loss_equals_logits_path(chunk):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_h, hidden.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_w, weight.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_log_z_equals_logsumexp():
+    from stability.loss import fused_lm_loss
+
+    torch.manual_seed(4)
+    hidden, weight = torch.randn(2, 5, 8), torch.randn(11, 8)
+    labels = torch.randint(0, 11, (2, 5))
+    parts = fused_lm_loss(hidden, weight, labels, 1e-4, chunk_rows=3)
+    x = (hidden @ weight.T).double().numpy()
+    expected = np.log(np.exp(x).sum(-1))
+    np.testing.assert_allclose(parts.log_z.numpy(), expected, rtol=1e-5)

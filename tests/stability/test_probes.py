@@ -181,3 +181,22 @@ def test_probe_init_cli(capsys, tmp_path):
     assert main(["probe-init", "--preset", "olmo2-tiny", "--inits", "xavier"]) == 2
     assert "--widths: every width must be a multiple" in capsys.readouterr().err
     assert main(["tracking", "replay", str(tmp_path / "nope.jsonl")]) == 2
+
+
+def test_probe_layer_subset(tmp_path):
+    from stability.dense import read_dense
+
+    cfg = load_config("olmo2-tiny", overrides=[
+        f'tracking.uri="sqlite:///{tmp_path}/mlflow.db"', f'train.checkpoint_dir="{tmp_path}/ck"',
+        "data.max_bytes=300000", "train.steps=6", "train.log_every=3", "probes.every=3",
+        "probes.attn_every=3", "probes.layers=[1, 3]", "train.batch_size=2", "train.seq_len=32"])
+    result = Trainer(cfg, progress=False).run()
+    metrics = MlflowClient(cfg.tracking.uri).get_run(result.run_id).data.metrics
+    for key in (M.ATTN_LOGIT_MAX, M.UPDATE_RMS, M.GRAD_NORM):
+        assert M.layer_key(key, 1) in metrics and M.layer_key(key, 3) in metrics
+        assert M.layer_key(key, 0) not in metrics and M.layer_key(key, 2) not in metrics
+    dense = read_dense(tmp_path / "ck" / "dense")
+    assert set(dense[dense.key == M.ATTN_LOGIT_MAX].layer) == {1, 3}
+    assert set(dense[dense.key == M.GRAD_NORM].layer) == {0, 1, 2, 3}
+    with pytest.raises(Exception, match="probes.layers: \\[7\\] has an index outside 0..3"):
+        load_config("olmo2-tiny", overrides=["probes.layers=[7]"])
