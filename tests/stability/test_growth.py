@@ -141,3 +141,17 @@ def test_print_width_comparison(cfg):
     print("\nolmo2-tiny, growth exponents at init (reduce=mean)\n" + format_growth_table(df))
     print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     assert len(df) == 6
+
+
+def test_two_layer_hand_built_case(cfg, batch):
+    """A 2-layer model whose second block doubles its input: lambda_act = log(2) / 2 exactly,
+    lambda_grad = -log(2) / 2 (the loss gradient at block 1 is twice the one at block 2)."""
+    import copy
+
+    two = copy.deepcopy(cfg)
+    two.model.n_layers = 2
+    model = _model(two)
+    model.blocks[1].forward = lambda x, doc_ids=None: 2.0 * x
+    got = growth_exponents(model, batch.input_ids, batch.labels)
+    assert got["act"] == pytest.approx(math.log(2.0) / 2, abs=1e-6)
+    assert got["grad"] == pytest.approx(-math.log(2.0) / 2, abs=1e-6)
