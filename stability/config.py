@@ -115,11 +115,19 @@ class ProbesConfig:
     attn_every: int = 50  # attention logits / entropy / q,k norms recomputed every N steps
     attn_batch: int = 2  # rows of the step's batch the attention probe uses
     spikes: bool = True  # online spike detectors (OLMo 2 and OLMo-core rules)
+    spike_window: int = 1000  # OLMo 2 score: |x - mean| >= spike_sigma std of the previous window
+    spike_sigma: float = 7.0
+    online_window: int = 128  # OLMo-core monitor: x > mean + online_sigma std of the previous
+    online_sigma: float = 6.0  # window (judged once online_window // 2 values are known)
     layers: list[int] = field(default_factory=list)  # layers probed for attention and logged
     # per layer to MLflow ([] = all); the dense artifact always has every layer's grads
 
     def validate(self, section: str = "probes") -> None:
-        _positive(section, self, "every", "attn_every", "attn_batch")
+        _positive(section, self, "every", "attn_every", "attn_batch", "spike_sigma",
+                  "online_sigma")
+        for key in ("spike_window", "online_window"):
+            if getattr(self, key) < 4:
+                raise ConfigError(f"{section}.{key}: must be >= 4, got {getattr(self, key)}")
         if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
             raise ConfigError(f"{section}.layers: need distinct layer indices >= 0, got {self.layers}")
 

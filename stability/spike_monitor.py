@@ -4,17 +4,20 @@ logits or log Z (host side, fed at each read-out; state saved in checkpoints).""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from typing import Any
 
 import numpy as np
 
 from stability import metric_names as M
+from stability.config import ProbesConfig
 from stability.spikes import (
     OLMO2_RULE,
     OLMO_CORE_RULE,
     OnlineSpikeDetector,
     SpikeEvent,
+    SpikeRule,
     attribute,
     events_to_frame,
     rising,
@@ -22,13 +25,16 @@ from stability.spikes import (
 
 ATTRIBUTION_WINDOW = 128  # steps of per-layer history an event is judged against
 
-# (series, rule, score metric): the four detectors of DESIGN.md's spike/* keys.
-_DETECTORS = (
-    (M.TRAIN_LOSS, OLMO2_RULE, M.SPIKE_SCORE_LOSS),
-    (M.GRAD_NORM, OLMO2_RULE, M.SPIKE_SCORE_GRAD_NORM),
-    (M.TRAIN_LOSS, OLMO_CORE_RULE, M.SPIKE_ONLINE_LOSS),
-    (M.GRAD_NORM, OLMO_CORE_RULE, M.SPIKE_ONLINE_GRAD_NORM),
-)
+
+
+def rules_from(cfg: ProbesConfig) -> tuple[SpikeRule, SpikeRule]:
+    """The OLMo 2 and OLMo-core rules with the window and threshold of `cfg` (defaults: the
+    papers' 1000 / 7 sigma and 128 / 6 sigma)."""
+    olmo2 = dataclasses.replace(OLMO2_RULE, window=cfg.spike_window, sigma=cfg.spike_sigma,
+                                min_history=cfg.spike_window)
+    online = dataclasses.replace(OLMO_CORE_RULE, window=cfg.online_window, sigma=cfg.online_sigma,
+                                 min_history=max(2, cfg.online_window // 2))
+    return olmo2, online
 
 
 def _plain(value: Any) -> Any:
@@ -39,9 +45,15 @@ def _plain(value: Any) -> Any:
 class SpikeMonitor:
     """Online detectors + the recent history needed to attribute their events."""
 
-    def __init__(self) -> None:
-        self.detectors = [(series, OnlineSpikeDetector(rule, series), key)
-                          for series, rule, key in _DETECTORS]
+    def __init__(self, cfg: ProbesConfig | None = None) -> None:
+        olmo2, online = rules_from(cfg or ProbesConfig())
+        # (series, detector, score metric): the four detectors of DESIGN.md's spike/* keys.
+        self.detectors = [
+            (series, OnlineSpikeDetector(rule, series), key)
+            for series, rule, key in ((M.TRAIN_LOSS, olmo2, M.SPIKE_SCORE_LOSS),
+                                      (M.GRAD_NORM, olmo2, M.SPIKE_SCORE_GRAD_NORM),
+                                      (M.TRAIN_LOSS, online, M.SPIKE_ONLINE_LOSS),
+                                      (M.GRAD_NORM, online, M.SPIKE_ONLINE_GRAD_NORM))]
         self.layer_norms: deque[list[float]] = deque(maxlen=ATTRIBUTION_WINDOW + 1)
         self.log_z: deque[float] = deque(maxlen=ATTRIBUTION_WINDOW + 1)
         self.attn_max: deque[float] = deque(maxlen=16)

@@ -45,7 +45,7 @@ class ProbeSession:
         self.layers = list(cfg.layers) or list(range(n_layers))
         self._layer_set = set(self.layers)
         self.attn_spec = attn_spec(len(self.layers), n_heads)
-        self.monitor = SpikeMonitor() if cfg.enabled and cfg.spikes else None
+        self.monitor = SpikeMonitor(cfg) if cfg.enabled and cfg.spikes else None
         self._probe_rows: list[tuple[int, torch.Tensor]] = []
         self._attn_rows: list[tuple[int, torch.Tensor]] = []
 

@@ -200,3 +200,15 @@ def test_probe_layer_subset(tmp_path):
     assert set(dense[dense.key == M.GRAD_NORM].layer) == {0, 1, 2, 3}
     with pytest.raises(Exception, match="probes.layers: \\[7\\] has an index outside 0..3"):
         load_config("olmo2-tiny", overrides=["probes.layers=[7]"])
+
+
+def test_spike_rules_follow_the_config():
+    from stability.spike_monitor import rules_from
+
+    cfg = load_config("olmo2-tiny", overrides=["probes.spike_window=200", "probes.spike_sigma=5",
+                                               "probes.online_window=32", "probes.online_sigma=4"])
+    olmo2, online = rules_from(cfg.probes)
+    assert (olmo2.window, olmo2.sigma, olmo2.min_history, olmo2.one_sided) == (200, 5.0, 200, False)
+    assert (online.window, online.sigma, online.min_history, online.one_sided) == (32, 4.0, 16, True)
+    with pytest.raises(Exception, match="probes.online_window: must be >= 4"):
+        load_config("olmo2-tiny", overrides=["probes.online_window=2"])
