@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the named presets")
 
+    p = sub.add_parser("grid", help="paired ablation grids (ablations/grids/*.toml)")
+    gsub = p.add_subparsers(dest="grid_command", required=True)
+    g = gsub.add_parser("plan", help="print the cells (arm, seed, lr, cell id) and the cost")
+    g.add_argument("spec", help="a spec file, or a bundled grid's name (quick, olmo2_section3, "
+                                "lr_sensitivity)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="edit the spec, e.g. --set preset=\"olmo2-1b\" --set seeds=[0,1,2]")
+
     p = sub.add_parser("tracking", help="tracking utilities")
     tsub = p.add_subparsers(dest="tracking_command", required=True)
     r = tsub.add_parser("replay", help="send a spool file of points a tracking outage left")
@@ -147,6 +155,15 @@ def cmd_probe_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    # The CLI is the one place that reaches from stability/ into ablations/ (lazily).
+    from ablations.plan import format_plan
+    from ablations.spec import load_spec
+
+    print(format_plan(load_spec(args.spec, args.overrides)))
+    return 0
+
+
 def cmd_tracking(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -162,7 +179,8 @@ def cmd_tracking(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "config": cmd_config, "presets": cmd_presets,
-               "probe-init": cmd_probe_init, "tracking": cmd_tracking}[args.command]
+               "probe-init": cmd_probe_init, "tracking": cmd_tracking, "grid": cmd_grid,
+               }[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

@@ -1,0 +1,155 @@
+"""The plan of a grid before it runs: per-cell budget, model size and compute, and a CPU-time estimate.
+
+Compute per cell = tokens x training FLOPs per token (`Transformer.flops_per_token`: 6 N + 6 L d T).
+Model sizes up to d_model 1024 come from the model itself, constructed without init (on the CPU
+when small, else on the `meta` device: no memory); larger ones from `param_count`, a closed form
+checked against `model.build(cfg).num_params()` in the tests (a 7B model is never allocated).
+
+CPU time uses `CPU_FLOPS`, a calibration of this 2-core machine: a bare forward/backward/AdamW loop
+on `olmo2-small` (batch 8 x seq 128, fp32, 2 threads) ran 10.8-11.2 steps/s at 7.09 MFLOP/token x
+1024 tokens/step = 78-81 GFLOP/s (measured while other jobs shared the cores); we use 80e9. The
+trainer's probes, evals and data loading come on top, so read it as a lower bound, and only for
+small CPU models; GPU studies should be read in tokens and PFLOPs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ablations.spec import GridSpec
+from model.config import ModelConfig
+from model.transformer import Transformer
+
+__all__ = ["CPU_FLOPS", "param_count", "flops_per_token", "model_size", "plan_rows", "plan_totals",
+           "format_plan"]
+
+CPU_FLOPS = 80e9  # sustained training FLOP/s on this 2-core machine (see the module docstring)
+BUILD_MAX_D_MODEL = 1024  # above this, sizes are computed analytically
+CPU_BUILD_MAX_PARAMS = 20_000_000  # below this, the model is instantiated on the CPU (else on meta)
+
+
+def _norm_params(norm_type: str, dim: int) -> int:
+    return 0 if norm_type == "layernorm_nonparam" else dim  # rms / layernorm: a scale, no bias
+
+
+def param_count(cfg: ModelConfig) -> int:
+    """Distinct parameters of `Transformer(cfg)` (a tied matrix counts once), without building it."""
+    d, hd, h, kv = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.kv_heads
+    nt = cfg.norm_type
+    attn = d * (h * hd + 2 * kv * hd) + h * hd * d  # fused qkv + o_proj, no biases
+    if cfg.qk_norm == "full":
+        attn += _norm_params(nt, h * hd) + _norm_params(nt, kv * hd)
+    elif cfg.qk_norm == "per_head":
+        attn += 2 * _norm_params(nt, hd)
+    mlp = 3 * d * cfg.hidden  # gate+up fused, down
+    norms = (4 if cfg.block == "peri_norm" else 2) * _norm_params(nt, d)
+    embed = cfg.vocab_size * d
+    head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
+    return embed + cfg.n_layers * (attn + mlp + norms) + _norm_params(nt, d) + head
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """`Transformer.flops_per_token` in closed form: 6 N + 6 L d T, N = non-embedding params
+    including the LM head matrix (also when tied)."""
+    n = param_count(cfg) - cfg.vocab_size * cfg.d_model
+    if cfg.tie_embeddings:
+        n += cfg.vocab_size * cfg.d_model
+    return 6.0 * n + 6.0 * cfg.n_layers * cfg.d_model * seq_len
+
+
+_SIZE_CACHE: dict[tuple, tuple[int, float]] = {}
+
+
+def model_size(cfg: ModelConfig, seq_len: int) -> tuple[int, float]:
+    """(params, training FLOPs per token), cached per distinct model config and seq_len.
+
+    Up to `CPU_BUILD_MAX_PARAMS` the model is constructed on the CPU (no init: it does not change
+    the counts), up to d_model `BUILD_MAX_D_MODEL` on the `meta` device (no memory), and above that
+    the closed form `param_count` is used.
+    """
+    key = (tuple(sorted(cfg.to_dict().items(), key=lambda kv: kv[0])), seq_len)
+    if key not in _SIZE_CACHE:
+        if cfg.d_model > BUILD_MAX_D_MODEL:
+            _SIZE_CACHE[key] = (param_count(cfg), flops_per_token(cfg, seq_len))
+        else:
+            device = "cpu" if param_count(cfg) <= CPU_BUILD_MAX_PARAMS else "meta"
+            with torch.device(device):
+                model = Transformer(cfg)
+            _SIZE_CACHE[key] = (model.num_params(), float(model.flops_per_token(seq_len)))
+    return _SIZE_CACHE[key]
+
+
+def plan_rows(spec: GridSpec) -> list[dict]:
+    """One dict per cell: arm, seed, lr, cell_id, steps, tokens, params, est_flops."""
+    rows = []
+    for cell in spec.cells():
+        cfg = cell.config
+        params, fpt = model_size(cfg.model, cfg.train.seq_len)
+        tokens = cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
+        rows.append({
+            "arm": cell.arm,
+            "seed": cell.seed,
+            "lr": cell.lr,
+            "cell_id": cell.cell_id,
+            "steps": cfg.train.steps,
+            "tokens": tokens,
+            "params": params,
+            "est_flops": tokens * fpt,
+        })
+    return rows
+
+
+def plan_totals(rows: list[dict], cpu_flops: float = CPU_FLOPS) -> dict:
+    """cells, tokens, flops, pflops and the estimated sequential CPU seconds."""
+    flops = float(sum(r["est_flops"] for r in rows))
+    return {
+        "cells": len(rows),
+        "tokens": int(sum(r["tokens"] for r in rows)),
+        "flops": flops,
+        "pflops": flops / 1e15,
+        "cpu_seconds": flops / cpu_flops,
+    }
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def format_plan(spec: GridSpec, cpu_flops: float = CPU_FLOPS) -> str:
+    """A table of the cells and a totals line (cells, tokens, PFLOPs, sequential CPU time)."""
+    rows = plan_rows(spec)
+    header = ("arm", "seed", "lr", "cell", "steps", "tokens", "params", "FLOPs")
+    table = [header] + [
+        (r["arm"] + (" *" if r["arm"] == spec.baseline else ""), str(r["seed"]), f"{r['lr']:g}",
+         r["cell_id"], str(r["steps"]), _si(r["tokens"]), _si(r["params"]), _si(r["est_flops"]))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    left = {0, 3}
+    lines = [f"grid {spec.name!r}" + (f": {spec.description}" if spec.description else "")
+             + (f" (preset {spec.preset})" if spec.preset else "")]
+    for row in table:
+        lines.append("  ".join(c.ljust(w) if i in left else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    t = plan_totals(rows, cpu_flops)
+    n_lrs = len(spec.lrs) if spec.lrs else 1
+    lines.append(
+        f"total: {t['cells']} cells ({len(spec.arms)} arms x {len(spec.seeds)} seeds x "
+        f"{n_lrs} lr{'s' if n_lrs != 1 else ''}), {_si(t['tokens'])} tokens, {t['pflops']:.3g} PFLOPs, "
+        f"~{_duration(t['cpu_seconds'])} of CPU time run one after another "
+        f"(at {cpu_flops / 1e9:.0f} GFLOP/s; * = baseline)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,378 @@
+"""Grid specs: a TOML file of paired ablation arms, resolved into one `RunConfig` per cell.
+
+A spec (files in `ablations/grids/`)::
+
+    name = "quick"            # experiment / grid name, [A-Za-z0-9._-]+ (required)
+    description = "..."       # optional
+    preset = "olmo2-small"    # optional base preset
+    baseline = "olmo2"        # the arm that is the final recipe (required, must be an arm)
+    seeds = [0, 1]            # required: distinct integers >= 0
+    lrs = [3e-3, 1e-2]        # optional: optim.lr sweep (absent: the resolved config's lr)
+    [base]                    # optional: RunConfig overrides for every arm
+    train.steps = 300
+    [budget]                  # optional: steps = N or tokens = N
+    steps = 300
+    [resources]               # optional, per cell, for the runner: cpus, gpus, mem_gb, time_min
+    cpus = 1
+    [arms.olmo2]              # an arm: RunConfig overrides (may be empty)
+    [arms.no_qk_norm]
+    model.qk_norm = "none"
+
+Cells = arms x seeds x lrs, ordered by arm (file order), then seed, then lr. The config of a cell
+is preset <- base <- arm <- {train.seed, optim.lr, train.steps from the budget}, with
+`tracking.experiment = name` and `tracking.run_name = "{name}/{arm}/s{seed}/lr{lr:g}"`. Seed s
+gives every arm the same data order and init stream (the trainer derives both from
+`train.seed`). A cell's id is the content hash of its resolved config (`config_hash`, 12 hex).
+
+Everything is checked when the spec is loaded, before any run starts: each problem raises a
+`ConfigError` with one line naming its place in the file (`arms.x.model.qk_norm: ...`,
+`lrs[1]: ...`, `budget: ...`); `SPEC` stands for the spec file itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.config import ConfigError
+from stability.config import RunConfig, apply_table, parse_override
+from stability.presets import run_preset
+from stability.seeding import config_hash
+
+__all__ = ["SPEC_PLACE", "Cell", "GridSpec", "load_spec", "parse_spec", "GRIDS_DIR", "bundled_specs"]
+
+SPEC_PLACE = "SPEC"  # how messages about the file as a whole name it (the CLI's argument)
+GRIDS_DIR = Path(__file__).resolve().parent / "grids"
+
+TOP_KEYS = ("name", "description", "preset", "baseline", "seeds", "lrs", "base", "budget", "resources",
+            "arms")
+BUDGET_KEYS = ("steps", "tokens")
+# per-cell resources a runner may use: (type, lower bound, bound inclusive)
+RESOURCE_KEYS: dict[str, tuple[type, float, bool]] = {
+    "cpus": (int, 1, True),
+    "gpus": (int, 0, True),
+    "mem_gb": (float, 0, False),
+    "time_min": (float, 0, False),
+}
+NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+ARM_RE = re.compile(r"[A-Za-z0-9_-]+")  # no dots: places like arms.<arm>.model.x stay unambiguous
+CELL_ID_LEN = 12
+
+
+def _suggest(name: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}allowed: {', '.join(options)}"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@dataclass
+class Cell:
+    """One run of a grid: an arm at one seed and one learning rate."""
+
+    arm: str
+    seed: int
+    lr: float
+    cell_id: str
+    config: RunConfig
+
+    @property
+    def run_name(self) -> str:
+        return self.config.tracking.run_name
+
+
+@dataclass
+class GridSpec:
+    """A parsed grid spec (see the module docstring). Build it with `load_spec` or `parse_spec`."""
+
+    name: str
+    baseline: str
+    seeds: list[int]
+    arms: dict[str, dict[str, Any]]
+    description: str = ""
+    preset: str = ""
+    lrs: list[float] | None = None
+    base: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, int] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)
+    path: str = ""  # the file it was read from ("" = built in memory)
+
+    # ------------------------------------------------------------------ resolution
+
+    def _base_config(self) -> RunConfig:
+        cfg = run_preset(self.preset) if self.preset else RunConfig()
+        apply_table(cfg, self.base, prefix="base.")
+        return cfg
+
+    def arm_config(self, arm: str) -> RunConfig:
+        """preset <- base <- arm, before the cell's seed, lr and budget (not validated)."""
+        if arm not in self.arms:
+            raise ConfigError(f"arms: {arm!r} is not an arm (arms: {', '.join(self.arms)})")
+        cfg = self._base_config()
+        apply_table(cfg, self.arms[arm], prefix=f"arms.{arm}.")
+        return cfg
+
+    def steps_for(self, cfg: RunConfig) -> int:
+        """train.steps under the budget (`tokens` -> ceil(tokens / (batch * seq)))."""
+        if "steps" in self.budget:
+            return int(self.budget["steps"])
+        if "tokens" in self.budget:
+            return max(1, math.ceil(self.budget["tokens"] / (cfg.train.batch_size * cfg.train.seq_len)))
+        return cfg.train.steps
+
+    def _finish(self, cfg: RunConfig, arm: str, seed: int, lr: float) -> RunConfig:
+        cfg.train.seed = seed
+        cfg.optim.lr = float(lr)
+        cfg.train.steps = self.steps_for(cfg)
+        cfg.tracking.experiment = self.name
+        cfg.tracking.run_name = f"{self.name}/{arm}/s{seed}/lr{lr:g}"
+        return cfg
+
+    def arm_lrs(self, cfg: RunConfig) -> list[float]:
+        return list(self.lrs) if self.lrs is not None else [cfg.optim.lr]
+
+    def cells(self) -> list[Cell]:
+        """Every cell, validated: arm (file order), then seed, then lr."""
+        out: list[Cell] = []
+        for arm in self.arms:
+            arm_cfg = self.arm_config(arm)
+            for seed in self.seeds:
+                for lr in self.arm_lrs(arm_cfg):
+                    cfg = self._finish(copy.deepcopy(arm_cfg), arm, seed, lr)
+                    try:
+                        cfg.validate()
+                    except ConfigError as exc:
+                        raise self._place_error(exc, arm, seed, lr) from None
+                    cid = config_hash(cfg.to_dict())[:CELL_ID_LEN]
+                    out.append(Cell(arm=arm, seed=seed, lr=cfg.optim.lr, cell_id=cid, config=cfg))
+        self._check_distinct(out)
+        return out
+
+    def _place_error(self, exc: ConfigError, arm: str, seed: int, lr: float) -> ConfigError:
+        """Prefix a validation error with `base.` when [base] alone has it, else `arms.<arm>.`."""
+        base = self._finish(self._base_config(), arm, seed, lr)
+        try:
+            base.validate()
+        except ConfigError as base_exc:
+            if str(base_exc) == str(exc):
+                return ConfigError(_one_line(f"base.{exc}"))
+        return ConfigError(_one_line(f"arms.{arm}.{exc}"))
+
+    def _check_distinct(self, cells: list[Cell]) -> None:
+        """Two arms that resolve to the same config would be the same runs: say which."""
+        first_arm: dict[tuple[int, float], dict[str, str]] = {}
+        for cell in cells:
+            seen = first_arm.setdefault((cell.seed, cell.lr), {})
+            if cell.cell_id in seen and seen[cell.cell_id] != cell.arm:
+                raise ConfigError(
+                    f"arms.{cell.arm}: resolves to the same config as arm {seen[cell.cell_id]!r} "
+                    f"(an arm must change something)"
+                )
+            seen.setdefault(cell.cell_id, cell.arm)
+
+    def validate(self) -> None:
+        """Resolve and validate every cell (raises `ConfigError` naming the place)."""
+        self.cells()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------- parsing
+
+
+def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_merge(dst[key], value)
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table, got {value!r}")
+    return value
+
+
+# keys the grid itself sets on every cell (an override would be silently replaced)
+def _grid_owned(spec_has_lrs: bool, spec_has_budget: bool) -> dict[tuple[str, str], str]:
+    owned = {
+        ("train", "seed"): "set by the grid's seeds",
+        ("tracking", "experiment"): "set from the grid's name",
+        ("tracking", "run_name"): "set per cell by the grid",
+    }
+    if spec_has_lrs:
+        owned[("optim", "lr")] = "set per cell by the grid's lrs"
+    if spec_has_budget:
+        owned[("train", "steps")] = "set by the grid's [budget]"
+    return owned
+
+
+def _check_overrides(place: str, table: dict[str, Any], owned: dict[tuple[str, str], str]) -> None:
+    if "preset" in table:
+        raise ConfigError(f"{place}.preset: set the preset once, at the top of the spec")
+    for (section, key), why in owned.items():
+        sub = table.get(section)
+        if isinstance(sub, dict) and key in sub:
+            raise ConfigError(f"{place}.{section}.{key}: {why}; remove it here")
+
+
+def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
+    """Check the parsed TOML of a spec and return the `GridSpec` (cells not yet resolved)."""
+    for key in data:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"{key}: unknown key ({_suggest(key, TOP_KEYS)})")
+
+    name = data.get("name")
+    if name is None:
+        raise ConfigError("name: required (the grid / MLflow experiment name)")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ConfigError(f"name: must be a non-empty string of [A-Za-z0-9._-], got {name!r}")
+
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"description: expected a string, got {description!r}")
+
+    preset = data.get("preset", "")
+    if not isinstance(preset, str):
+        raise ConfigError(f"preset: expected a string, got {preset!r}")
+    if preset:
+        run_preset(preset)  # raises "preset: unknown preset ... (allowed: ...)"
+
+    seeds = data.get("seeds")
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(_is_int(s) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        got = "nothing" if seeds is None else repr(seeds)
+        raise ConfigError(f"seeds: must be a non-empty list of distinct integers >= 0, got {got}")
+
+    lrs = data.get("lrs")
+    if lrs is not None:
+        if not isinstance(lrs, list) or not lrs:
+            raise ConfigError(f"lrs: must be a non-empty list of numbers > 0 (or left out), got {lrs!r}")
+        for i, lr in enumerate(lrs):
+            if not _is_number(lr):
+                raise ConfigError(f"lrs[{i}]: expected a number, got {lr!r}")
+            if not (lr > 0 and math.isfinite(lr)):
+                raise ConfigError(f"lrs[{i}]: must be > 0, got {lr!r}")
+        lrs = [float(lr) for lr in lrs]
+        if len(set(lrs)) != len(lrs):
+            raise ConfigError(f"lrs: values must be distinct, got {lrs}")
+
+    budget = _table(data, "budget")
+    for key, value in budget.items():
+        if key not in BUDGET_KEYS:
+            raise ConfigError(f"budget.{key}: unknown key ({_suggest(key, BUDGET_KEYS)})")
+        if not _is_int(value) or value < 1:
+            raise ConfigError(f"budget.{key}: expected a positive integer, got {value!r}")
+    if "budget" in data and len(budget) != 1:
+        raise ConfigError("budget: give steps or tokens, not both" if budget
+                          else "budget: give steps = N or tokens = N (or leave [budget] out)")
+
+    resources = _table(data, "resources")
+    for key, value in resources.items():
+        if key not in RESOURCE_KEYS:
+            raise ConfigError(f"resources.{key}: unknown key ({_suggest(key, list(RESOURCE_KEYS))})")
+        tp, low, inclusive = RESOURCE_KEYS[key]
+        ok_type = _is_int(value) if tp is int else _is_number(value)
+        ok_range = ok_type and (value >= low if inclusive else value > low)
+        if not ok_range:
+            kind = "an integer" if tp is int else "a number"
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"resources.{key}: expected {kind} {bound}, got {value!r}")
+
+    owned = _grid_owned(lrs is not None, bool(budget))
+    base = _table(data, "base")
+    _check_overrides("base", base, owned)
+
+    arms_table = data.get("arms")
+    if arms_table is None or arms_table == {}:
+        raise ConfigError("arms: at least one arm needed (e.g. [arms.olmo2] for the baseline)")
+    if not isinstance(arms_table, dict):
+        raise ConfigError(f"arms: expected tables [arms.<name>], got {arms_table!r}")
+    arms: dict[str, dict[str, Any]] = {}
+    for arm, overrides in arms_table.items():
+        if not ARM_RE.fullmatch(arm):
+            raise ConfigError(f"arms.{arm}: arm names are [A-Za-z0-9_-] (no dots or spaces)")
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"arms.{arm}: expected a table of RunConfig overrides, got {overrides!r}")
+        _check_overrides(f"arms.{arm}", overrides, owned)
+        arms[arm] = overrides
+
+    baseline = data.get("baseline")
+    if baseline is None:
+        raise ConfigError(f"baseline: required, the arm that is the final recipe (arms: {', '.join(arms)})")
+    if not isinstance(baseline, str) or baseline not in arms:
+        raise ConfigError(f"baseline: {baseline!r} is not an arm (arms: {', '.join(arms)})")
+
+    return GridSpec(
+        name=name, description=description, preset=preset, baseline=baseline, seeds=list(seeds),
+        lrs=lrs, base=base, budget=dict(budget), resources=dict(resources), arms=arms, path=path,
+    )
+
+
+def _toml_error(path: Path, exc: Exception) -> ConfigError:
+    msg = _one_line(str(exc))
+    m = re.match(r"Cannot declare \('arms', '([^']*)'\) twice", msg)
+    if m:
+        msg = f"arm {m.group(1)!r} is defined twice, arm names must be unique ({msg})"
+    elif msg.startswith("Cannot declare") or msg.startswith("Cannot overwrite a value"):
+        msg = f"a key or table is given twice, e.g. a repeated arm name ({msg})"
+    return ConfigError(f"{SPEC_PLACE}: not valid TOML: {msg} in '{path}'")
+
+
+def read_spec_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a spec file; a missing or malformed file raises `ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{SPEC_PLACE}: file '{p}' does not exist")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise _toml_error(p, exc) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GridSpec:
+    """Read, check and fully resolve a spec; raises `ConfigError` (one line) on any problem.
+
+    `overrides` are `--set`-style edits of the spec itself, applied before the checks, e.g.
+    `preset="olmo2-1b"`, `seeds=[0,1,2,3]` or `base.train.batch_size=64`. A name without a
+    directory or `.toml` suffix that is not a file is looked up among the bundled grids.
+    """
+    p = Path(path)
+    if not p.exists() and p.parent == Path(".") and (GRIDS_DIR / f"{p.name}.toml").is_file():
+        p = GRIDS_DIR / f"{p.name}.toml"
+    data = read_spec_toml(p)
+    for text in overrides:
+        _deep_merge(data, parse_override(text))
+    spec = parse_spec(data, path=str(p))
+    spec.validate()
+    return spec
+
+
+def bundled_specs() -> list[Path]:
+    """The spec files shipped in `ablations/grids/`."""
+    return sorted(GRIDS_DIR.glob("*.toml"))
