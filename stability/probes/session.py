@@ -46,6 +46,7 @@ class ProbeSession:
         self._layer_set = set(self.layers)
         self.attn_spec = attn_spec(len(self.layers), n_heads)
         self.monitor = SpikeMonitor(cfg) if cfg.enabled and cfg.spikes else None
+        self._last_grads: dict[str, torch.Tensor] = {}  # this step's grad stats, for after_step
         self._probe_rows: list[tuple[int, torch.Tensor]] = []
         self._attn_rows: list[tuple[int, torch.Tensor]] = []
 
