@@ -140,6 +140,9 @@ class TrackingConfig:
     uri: str = ""
     experiment: str = "stability"
     run_name: str = ""
+    run_id: str = ""  # attach to this existing run when there is no checkpoint (grid cells)
+    parent_run_id: str = ""  # nest under this run (a grid's parent run)
+    arm: str = ""  # the grid arm this run is (tag `arm`)
 
     def validate(self, section: str = "tracking") -> None:
         if not self.experiment:

@@ -72,7 +72,7 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None, *,
                  spool_dir: str | Path = DEFAULT_SPOOL_DIR, finish_timeout: float = 30.0,
-                 retry_max_interval: float = 10.0) -> None:
+                 retry_max_interval: float = 10.0, tags: dict[str, str] | None = None) -> None:
         _quiet_mlflow_logs()
         from mlflow.tracking import MlflowClient
 
@@ -82,7 +82,8 @@ class Tracker:
         self.experiment_id = self._experiment(experiment)
         self.resumed = run_id is not None
         if run_id is None:
-            run = _retry(self.client.create_run, self.experiment_id, run_name=run_name or None)
+            run = _retry(self.client.create_run, self.experiment_id, run_name=run_name or None,
+                         tags=tags or None)
             run_id = run.info.run_id
         self.run_id: str = run_id
         self.finish_timeout = finish_timeout

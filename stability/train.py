@@ -262,10 +262,12 @@ class Trainer:
         t = self.cfg.tracking
         if not t.enabled:
             return
-        self.tracker = Tracker(t.uri, t.experiment, self.run_name, run_id=self.run_id,
-                               spool_dir=self.ckpt_dir / "mlflow_spool")
+        parent = {"mlflow.parentRunId": t.parent_run_id} if t.parent_run_id else {}
+        self.tracker = Tracker(t.uri, t.experiment, self.run_name,
+                               run_id=self.run_id or t.run_id or None,
+                               spool_dir=self.ckpt_dir / "mlflow_spool", tags=parent)
         self.run_id = self.tracker.run_id
-        if self.tracker.resumed:
+        if self.tracker.resumed and self.step > 0:
             self.tracker.set_tags({"status": "running", "resumed_at_step": self.step})
             return
         resolved = self.cfg.to_dict()
@@ -273,7 +275,8 @@ class Trainer:
         self.tracker.set_tags({
             "recipe": run_recipe_of(self.cfg), "preset": self.cfg.preset or "custom",
             "seed": self.cfg.train.seed, "lr": self.cfg.optim.lr,
-            "cell": config_hash(resolved), "status": "running", "git_commit": git_commit(),
+            "cell": config_hash(resolved)[:12], "status": "running", "git_commit": git_commit(),
+            "arm": t.arm or None, **parent,
             "device": str(self.device), "data_fingerprint": self.data.fingerprint,
             "attention": model_lib.resolve_attention_backend(self.cfg.model.attention,
                                                              self.device.type),

@@ -136,3 +136,22 @@ def test_cli_train_logs_to_mlflow(tmp_path, monkeypatch, capsys):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.run_name == "cli<run>" and run.data.tags["recipe"] == "olmo0424"
     assert (tmp_path / "runs" / "cli_run_" / "latest.json").exists()
+
+
+def test_nested_run_and_attach_without_checkpoint(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("grid")
+    parent = client.create_run(exp, run_name="grid").info.run_id
+    child = client.create_run(exp, run_name="cell").info.run_id  # as a runner would, pre-created
+    cfg = _cfg(tmp_path, "train.steps=6", "train.log_every=3", 'tracking.experiment="grid"',
+               f'tracking.parent_run_id="{parent}"', 'tracking.arm="no_qk_norm"',
+               f'tracking.run_id="{child}"')
+    result = Trainer(cfg, progress=False).run()
+    assert result.run_id == child
+    again = Trainer(cfg, progress=False)  # a rerun that finds no usable checkpoint dir
+    again.ckpt_dir = tmp_path / "elsewhere"
+    again.run()
+    run = client.get_run(child)
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["arm"] == "no_qk_norm"
+    assert [s for s, _ in _history(uri, child, M.TRAIN_LOSS)] == list(range(6))  # once each
