@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.attention_backends import attention_logits
 from stability.probes.layout import ParamLayout
 
 
@@ -97,7 +98,7 @@ def attention_stats(model: nn.Module, input_ids: torch.Tensor, doc_ids: torch.Te
     for i in wanted:
         block, x = model.blocks[i], inputs[i]
         q, k = block.attn.project_qk(x)  # [B, T, H, hd], [B, T, Hkv, hd]
-        logits = block.attn.logits(x, doc_ids)  # [B, H, T, T] fp32, masked = -inf
+        logits = attention_logits(q, k, doc_ids)  # [B, H, T, T] fp32, masked = -inf
         valid = torch.isfinite(logits)
         out["logit_max"].append(logits.amax(dim=(0, 2, 3)))
         logp = torch.log_softmax(logits, dim=-1)
