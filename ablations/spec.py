@@ -36,13 +36,12 @@ import dataclasses
 import difflib
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError
-from stability.config import RunConfig, apply_table, parse_override
+from stability.config import RunConfig, apply_table, parse_override, read_toml
 from stability.presets import run_preset
 from stability.seeding import config_hash
 
@@ -346,13 +345,7 @@ def _toml_error(path: Path, exc: Exception) -> ConfigError:
 
 def read_spec_toml(path: str | Path) -> dict[str, Any]:
     """The parsed TOML of a spec file; a missing or malformed file raises `ConfigError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{SPEC_PLACE}: file '{p}' does not exist")
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise _toml_error(p, exc) from None
+    return read_toml(path, SPEC_PLACE, _toml_error)
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GridSpec:

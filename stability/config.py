@@ -12,6 +12,7 @@ import difflib
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -301,15 +302,19 @@ def parse_override(text: str) -> dict[str, Any]:
     return table
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; a missing or malformed file raises ConfigError naming it."""
+def read_toml(path: str | Path, place: str = "--config",
+              decode_error: Callable[[Path, Exception], ConfigError] | None = None) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file raises ConfigError naming `place` (a
+    `decode_error` builds the message for malformed files when given)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--config: file '{p}' does not exist")
+        raise ConfigError(f"{place}: file '{p}' does not exist")
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config: '{p}' is not valid TOML: {exc}") from None
+        if decode_error is not None:
+            raise decode_error(p, exc) from None
+        raise ConfigError(f"{place}: '{p}' is not valid TOML: {exc}") from None
 
 
 def load_config(
