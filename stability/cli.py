@@ -41,13 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the named presets")
 
-    p = sub.add_parser("grid", help="paired ablation grids (ablations/grids/*.toml)")
-    gsub = p.add_subparsers(dest="grid_command", required=True)
-    g = gsub.add_parser("plan", help="print the cells (arm, seed, lr, cell id) and the cost")
-    g.add_argument("spec", help="a spec file, or a bundled grid's name (quick, olmo2_section3, "
-                                "lr_sensitivity)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="edit the spec, e.g. --set preset=\"olmo2-1b\" --set seeds=[0,1,2]")
+    from ablations.commands import add_grid_parser  # the CLI composes the packages
+
+    add_grid_parser(sub)
 
     p = sub.add_parser("tracking", help="tracking utilities")
     tsub = p.add_subparsers(dest="tracking_command", required=True)
@@ -156,12 +152,9 @@ def cmd_probe_init(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    # The CLI is the one place that reaches from stability/ into ablations/ (lazily).
-    from ablations.plan import format_plan
-    from ablations.spec import load_spec
+    from ablations.commands import cmd_grid as run_grid_command
 
-    print(format_plan(load_spec(args.spec, args.overrides)))
-    return 0
+    return run_grid_command(args)
 
 
 def cmd_tracking(args: argparse.Namespace) -> int:

@@ -51,6 +51,21 @@ def artifact_root_for(uri: str) -> str | None:
     return (db.parent / "mlartifacts").as_uri()
 
 
+def experiment_id_for(client: Any, name: str, uri: str) -> str:
+    """The id of experiment `name`, created (artifacts beside a sqlite store) when missing; safe
+    when another process creates it at the same moment."""
+    exp = _retry(client.get_experiment_by_name, name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root_for(uri))
+    except Exception:  # noqa: BLE001 - another process created it first
+        exp = _retry(client.get_experiment_by_name, name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 def git_commit() -> str | None:
     """The commit of the checkout this package runs from, when it is one."""
     here = Path(__file__).resolve().parent
@@ -106,16 +121,7 @@ class Tracker:
         self._writer.start()
 
     def _experiment(self, name: str) -> str:
-        exp = _retry(self.client.get_experiment_by_name, name)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return self.client.create_experiment(name, artifact_location=artifact_root_for(self.uri))
-        except Exception:  # noqa: BLE001 - another process created it first
-            exp = _retry(self.client.get_experiment_by_name, name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        return experiment_id_for(self.client, name, self.uri)
 
     def _last_logged_step(self, key: str = "train/loss") -> int:
         history = _retry(self.client.get_metric_history, self.run_id, key)

@@ -11,6 +11,7 @@ import contextlib
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ class Trainer:
         self.cfg = cfg
         self.resume = resume
         self.progress = progress
+        self.on_read_out: Callable[[int, dict[str, float]], None] | None = None  # (step, last values)
         self.device = resolve_device(cfg.train.device)
         model_lib.check_attention_backend(cfg.model.attention, self.device.type)
         if cfg.train.threads:
@@ -312,6 +314,8 @@ class Trainer:
                                     gnorm=f"{last[M.GRAD_NORM]:.2f}",
                                     tok_s=f"{last[M.TRAIN_TOKENS_PER_S]:.0f}",
                                     spikes=int(last.get(M.SPIKE_COUNT, 0)))
+                    if self.on_read_out is not None:
+                        self.on_read_out(self.step, last)
                     if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                         eval_loss = self._log_eval()
                     if at_ckpt and self.step < cfg.steps:

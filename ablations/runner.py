@@ -1,0 +1,243 @@
+"""`stability grid run SPEC`: run every cell of a grid, resumably, locally or on Slurm.
+
+A cell is its config's content hash. On every (re)run the runner asks MLflow what exists:
+finished and diverged cells are results and are skipped; a cell whose run is still `running`
+(the runner was killed) or `failed` resumes from its newest checkpoint in `runs/<grid>/<cell>/`
+into the same MLflow run (its child run is created before its worker starts, so even a cell killed
+before its first checkpoint has one run). The tracker never logs a step twice into a resumed run.
+
+Local backend: one worker process per cell (`python -m ablations.worker`), at most `jobs` at once,
+CPU threads split between them (one GPU per worker where there are GPUs). A worker dies with the
+runner (PDEATHSIG) and holds a lock on its cell folder. With an embedded sqlite store and more
+than one worker, the runner puts a private `mlflow server` on loopback in front of the file
+(`stability.tracking_server`), so parallel writers never hit "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ablations
+from ablations.grid_tracking import DONE, GridStore
+from ablations.progress import GridProgress
+from ablations.spec import Cell, GridSpec
+from ablations.status import cell_statuses, counts
+from ablations.worker import EXIT_BUSY, CellJob
+from model.config import ConfigError
+from stability.config import to_toml
+from stability.tracking_io import resolve_uri
+
+BACKENDS = ("local", "slurm", "submitit-local")
+POLL_S = 0.5
+
+
+def absolute_uri(uri: str) -> str:
+    """`sqlite:///relative.db` -> `sqlite:////abs/relative.db` (workers may run elsewhere)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+@dataclass
+class Slot:
+    """A running worker."""
+
+    cell: Cell
+    job: CellJob
+    proc: subprocess.Popen
+    gpu: str | None
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class GridOutcome:
+    parent_run_id: str
+    counts: dict[str, int]
+    status: str  # finished (every cell is a result) | failed
+    results: dict[str, str]  # cell id -> status
+
+
+def default_jobs(spec: GridSpec, n_gpus: int) -> int:
+    gpus = int(spec.resources.get("gpus", 1) or 1)
+    if n_gpus:
+        return max(1, n_gpus // gpus)
+    cpus = int(spec.resources.get("cpus", 0) or 0)
+    return max(1, (os.cpu_count() or 1) // cpus) if cpus else 1
+
+
+def check_resources(spec: GridSpec) -> None:
+    if int(spec.resources.get("gpus", 0) or 0) > 1:
+        raise ConfigError("resources.gpus: one GPU per cell for now (data-parallel cells need the "
+                          "FSDP path); allowed: 0 or 1")
+
+
+class LocalRunner:
+    """Runs a grid's cells as local worker processes."""
+
+    def __init__(self, spec: GridSpec, *, jobs: int | None = None, tracking_uri: str | None = None,
+                 runs_dir: str | Path = "runs", progress: bool = True) -> None:
+        check_resources(spec)
+        self.spec = spec
+        self.cells = spec.cells()
+        self.uri = absolute_uri(resolve_uri(tracking_uri))
+        self.runs_dir = Path(runs_dir).resolve() / spec.name
+        self.gpus = _visible_gpus()
+        self.jobs = jobs or default_jobs(spec, len(self.gpus))
+        cpus = os.cpu_count() or 1
+        self.threads = int(spec.resources.get("cpus", 0) or 0) if jobs is None else 0
+        self.threads = self.threads or max(1, cpus // self.jobs)
+        self.progress = progress
+
+    # ------------------------------------------------------------------ preparing cells
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.runs_dir / cell.cell_id
+
+    def prepare(self, cell: Cell, store: GridStore, parent_run_id: str, run_id: str | None,
+                worker_uri: str) -> CellJob:
+        """Write the cell's folder (config.toml, job.json); create its MLflow run when new."""
+        d = self.cell_dir(cell)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.toml").write_text(to_toml(cell.config))
+        if run_id is None:
+            run_id = store.create_cell_run(cell, parent_run_id)
+        else:
+            store.client.set_tag(run_id, "status", "running")
+        job = CellJob(cell.cell_id, cell.arm, cell.seed, cell.lr, run_id, parent_run_id, worker_uri,
+                      self.threads, str(d))
+        job.write(d / "job.json")
+        (d / "progress.json").unlink(missing_ok=True)
+        return job
+
+    def launch(self, cell: Cell, job: CellJob, gpu: str | None) -> Slot:
+        env = dict(os.environ)
+        root = str(Path(ablations.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(job.threads)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        elif self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        log = open(Path(job.cell_dir) / "worker.log", "ab")  # noqa: SIM115 - the child owns it
+        try:
+            cmd = [sys.executable, "-m", "ablations.worker", str(Path(job.cell_dir) / "job.json")]
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env)
+        finally:
+            log.close()
+        return Slot(cell, job, proc, gpu)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> GridOutcome:
+        store = GridStore(self.uri, self.spec)  # creates the experiment on the real store first
+        parent = store.open_parent()
+        existing = store.cell_runs()
+        done = {cid: run.status for cid, run in existing.items() if run.status in DONE}
+        todo: deque[Cell] = deque(c for c in self.cells if c.cell_id not in done)
+        results = {c.cell_id: done[c.cell_id] for c in self.cells if c.cell_id in done}
+        display = GridProgress(self.spec.name, self.cells, results, self.jobs, self.threads,
+                               enabled=self.progress)
+        server = None
+        worker_uri = self.uri
+        if self.uri.startswith("sqlite:") and todo and self.jobs > 1:
+            from stability.tracking_server import LoopbackServer
+
+            server = LoopbackServer(self.uri, self.runs_dir / "tracking-server.log")
+            worker_uri = server.start()
+            store_w = GridStore(worker_uri, self.spec)
+        else:
+            store_w = store
+        running: dict[str, Slot] = {}
+        free_gpus = list(self.gpus)
+        try:
+            while todo or running:
+                while todo and len(running) < self.jobs:
+                    cell = todo.popleft()
+                    old = existing.get(cell.cell_id)
+                    job = self.prepare(cell, store_w, parent, old.run_id if old else None, worker_uri)
+                    gpu = free_gpus.pop(0) if free_gpus else None
+                    running[cell.cell_id] = self.launch(cell, job, gpu)
+                    display.started(cell)
+                for cid, slot in list(running.items()):
+                    rc = slot.proc.poll()
+                    if rc is None:
+                        continue
+                    del running[cid]
+                    if slot.gpu is not None:
+                        free_gpus.append(slot.gpu)
+                    results[cid] = self._finish_cell(slot, rc, store_w)
+                    result = _read_json(Path(slot.job.cell_dir) / "result.json")
+                    display.ended(slot.cell, results[cid], result)
+                display.update({cid: _read_json(Path(s.job.cell_dir) / "progress.json")
+                                for cid, s in running.items()})
+                time.sleep(POLL_S)
+        except BaseException:
+            self._stop_workers(running)
+            display.close()
+            if server is not None:
+                server.stop()
+            raise
+        display.close()
+        if server is not None:
+            server.stop()
+        final = counts(cell_statuses(self.spec, store, with_steps=False))
+        status = store.close_parent(parent, final)
+        return GridOutcome(parent, final, status, results)
+
+    def _finish_cell(self, slot: Slot, rc: int, store: GridStore) -> str:
+        result = _read_json(Path(slot.job.cell_dir) / "result.json")
+        if rc == EXIT_BUSY:
+            return "busy"
+        status = result.get("status") if result else None
+        if status in DONE:
+            return status
+        if status != "failed":  # killed, segfault, out of memory: the worker could not say
+            tail = _tail(Path(slot.job.cell_dir) / "worker.log")
+            store.mark_failed(slot.job.run_id, f"worker exited with code {rc} and no result\n\n{tail}")
+        return "failed"
+
+    @staticmethod
+    def _stop_workers(running: dict[str, Slot], grace_s: float = 30.0) -> None:
+        for slot in running.values():
+            if slot.proc.poll() is None:
+                slot.proc.terminate()
+        deadline = time.monotonic() + grace_s
+        for slot in running.values():
+            try:
+                slot.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                slot.proc.kill()
+
+
+def _visible_gpus() -> list[str]:
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no usable CUDA: CPU workers
+        n = 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v for v in visible.split(",") if v] if visible else [str(i) for i in range(n)]
+    return ids[:n]
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _tail(path: Path, n: int = 6000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no worker log)"

@@ -1,0 +1,123 @@
+"""`stability grid run SPEC --backend slurm`: the cells not yet done as one submitit job array.
+
+Each array task calls `ablations.worker.run_job` on its cell folder: the same code the local pool
+runs, so resume, locking and failure records behave the same. Workers log to the tracking URI
+given, which must be a server every node can reach (a sqlite file on the submitting machine is
+refused). `--backend submitit-local` runs the same path through submitit's local executor (tests,
+single machines); there a sqlite store gets the loopback server, as in the local backend.
+Cell folders (`--runs-dir`) must be on a file system the nodes share.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ablations.grid_tracking import DONE, GridStore
+from ablations.progress import GridProgress
+from ablations.runner import GridOutcome, LocalRunner, _read_json
+from ablations.spec import GridSpec
+from ablations.status import cell_statuses, counts
+from ablations.worker import run_job
+from model.config import ConfigError
+from stability.config import parse_override
+
+POLL_S = 2.0
+
+
+def parse_slurm_params(items: list[str]) -> dict[str, Any]:
+    """`--slurm slurm_partition=gpu` items -> {"slurm_partition": "gpu"} (TOML values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--slurm: expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = parse_override(f"x={value}")["x"]
+        except ConfigError:
+            out[key.strip()] = value
+    return out
+
+
+class SlurmRunner(LocalRunner):
+    """Submits the grid's remaining cells as one job array and follows them to the end."""
+
+    def __init__(self, spec: GridSpec, *, tracking_uri: str | None = None, runs_dir: str | Path = "runs",
+                 local: bool = False, params: dict[str, Any] | None = None, progress: bool = True) -> None:
+        super().__init__(spec, jobs=None, tracking_uri=tracking_uri, runs_dir=runs_dir, progress=progress)
+        self.local = local
+        self.params = params or {}
+        if not local and (self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri):
+            raise ConfigError(f"--tracking-uri: Slurm workers need a tracking server every node "
+                                  f"reaches (http://host:port), not {self.uri}")
+        self.threads = int(spec.resources.get("cpus", 0) or 0) or self.threads
+
+    def _executor(self):
+        import submitit
+
+        folder = self.runs_dir / "submitit" / "%j"
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="local" if self.local else "slurm")
+        r = self.spec.resources
+        params: dict[str, Any] = {"name": f"grid-{self.spec.name}", "timeout_min": int(r.get("time_min", 60)),
+                                  "cpus_per_task": int(r.get("cpus", 1) or 1),
+                                  "gpus_per_node": int(r.get("gpus", 0) or 0)}
+        if r.get("mem_gb"):
+            params["mem_gb"] = float(r["mem_gb"])
+        if not self.local:
+            params["slurm_array_parallelism"] = max(1, len(self.cells))
+        params.update(self.params)
+        executor.update_parameters(**params)
+        return executor
+
+    def run(self) -> GridOutcome:
+        store = GridStore(self.uri, self.spec)
+        parent = store.open_parent()
+        existing = store.cell_runs()
+        done = {cid: run.status for cid, run in existing.items() if run.status in DONE}
+        todo = [c for c in self.cells if c.cell_id not in done]
+        results = dict(done)
+        display = GridProgress(self.spec.name, self.cells, results, len(todo), self.threads,
+                               enabled=self.progress)
+        server = None
+        worker_uri = self.uri
+        if self.uri.startswith("sqlite:") and todo:
+            from stability.tracking_server import LoopbackServer
+
+            server = LoopbackServer(self.uri, self.runs_dir / "tracking-server.log")
+            worker_uri = server.start()
+        store_w = GridStore(worker_uri, self.spec) if server else store
+        try:
+            jobs = [self.prepare(c, store_w, parent, existing[c.cell_id].run_id if c.cell_id in existing
+                                 else None, worker_uri) for c in todo]
+            handles = []
+            if jobs:
+                paths = [str(Path(j.cell_dir) / "job.json") for j in jobs]
+                handles = self._executor().map_array(run_job, paths)
+            for cell in todo:
+                display.started(cell)
+            pending = dict(zip([c.cell_id for c in todo], zip(todo, jobs, handles)))
+            while pending:
+                for cid, (cell, job, handle) in list(pending.items()):
+                    if not handle.done():
+                        continue
+                    del pending[cid]
+                    try:
+                        result = handle.result()
+                    except Exception as exc:  # noqa: BLE001 - the task died: record it, go on
+                        result = {"status": "failed", "error": (str(exc).strip().splitlines() or [""])[-1]}
+                        if not (Path(job.cell_dir) / "result.json").exists():
+                            store_w.mark_failed(job.run_id, f"Slurm task {handle.job_id} ended "
+                                                            f"without a result:\n{exc}")
+                    status = result.get("status")
+                    results[cid] = status if status in (*DONE, "failed", "busy") else "failed"
+                    display.ended(cell, results[cid], result)
+                display.update({cid: _read_json(Path(job.cell_dir) / "progress.json")
+                                for cid, (_, job, _) in pending.items()})
+                time.sleep(POLL_S if not self.local else 0.5)
+        finally:
+            display.close()
+            if server is not None:
+                server.stop()
+        final = counts(cell_statuses(self.spec, store, with_steps=False))
+        return GridOutcome(parent, final, store.close_parent(parent, final), results)

@@ -1,0 +1,174 @@
+"""Run one grid cell: `python -m ablations.worker CELL_DIR/job.json` (local pool) or
+`run_job(path)` (inside a Slurm task through submitit). Same code on both paths.
+
+The cell folder (`runs/<grid>/<cell id>/`) holds `job.json` (what to run, written by the runner),
+`config.toml` (the resolved config), the checkpoints, `progress.json` (rewritten at every read-out:
+the runner's display reads it), `result.json` (written last) and `traceback.txt` when it crashed.
+A lock file keeps two processes from running the same cell at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+EXIT_BUSY = 75  # another process holds the cell's lock
+LOCK_WAIT_S = 30.0
+
+
+@dataclass
+class CellJob:
+    """Everything a worker needs, as written to `job.json`."""
+
+    cell_id: str
+    arm: str
+    seed: int
+    lr: float
+    run_id: str
+    parent_run_id: str
+    uri: str
+    threads: int = 0
+    cell_dir: str = ""
+
+    def write(self, path: Path) -> None:
+        _write_json(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: str | Path) -> CellJob:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, path)
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the runner that started us dies (no orphaned cells)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def cell_lock(cell_dir: Path, wait_s: float = LOCK_WAIT_S):
+    """Hold `cell_dir/lock` (flock); yields False when another process keeps it past `wait_s`."""
+    fd = os.open(cell_dir / "lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.2)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _progress_writer(path: Path, steps: int):
+    t0 = time.monotonic()
+
+    def write(step: int, last: dict[str, float]) -> None:
+        from stability import metric_names as M
+
+        _write_json(path, {"step": step, "steps": steps, "loss": last.get(M.TRAIN_LOSS),
+                           "tokens_per_s": last.get(M.TRAIN_TOKENS_PER_S),
+                           "spikes": last.get(M.SPIKE_COUNT, 0), "elapsed_s": time.monotonic() - t0})
+    return write
+
+
+def _record_failure(job: CellJob, cell_dir: Path, text: str) -> None:
+    (cell_dir / "traceback.txt").write_text(text)
+    try:
+        from ablations.grid_tracking import _client
+        from stability.tracking_io import _retry
+
+        client = _client(job.uri)
+        _retry(client.log_text, job.run_id, text, "traceback.txt", attempts=3)
+        _retry(client.set_tag, job.run_id, "status", "failed", attempts=3)
+        _retry(client.set_terminated, job.run_id, "FAILED", attempts=3)
+    except Exception as exc:  # noqa: BLE001 - the runner records it from the file instead
+        print(f"could not record the failure in MLflow: {exc}", file=sys.stderr)
+
+
+def run_job(job_path: str | Path) -> dict[str, Any]:
+    """Train the cell described by `job_path`; returns (and writes) its result. Never raises for a
+    training error: the cell is recorded failed (status tag, traceback artifact) instead."""
+    job = CellJob.read(job_path)
+    cell_dir = Path(job.cell_dir or Path(job_path).parent)
+    with cell_lock(cell_dir) as locked:
+        if not locked:
+            return {"status": "busy", "cell": job.cell_id}
+        (cell_dir / "result.json").unlink(missing_ok=True)
+        try:
+            result = _train(job, cell_dir)
+        except Exception:  # noqa: BLE001 - any crash is this cell's result, not the grid's
+            text = traceback.format_exc()
+            _record_failure(job, cell_dir, text)
+            result = {"status": "failed", "cell": job.cell_id, "run_id": job.run_id,
+                      "error": text.strip().splitlines()[-1]}
+        _write_json(cell_dir / "result.json", result)
+        return result
+
+
+def _train(job: CellJob, cell_dir: Path) -> dict[str, Any]:
+    import torch
+
+    from stability.checkpoint import list_checkpoints
+    from stability.config import load_config
+    from stability.train import Trainer
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    cfg = load_config(None, str(cell_dir / "config.toml"))
+    cfg.tracking.uri = job.uri
+    cfg.tracking.run_id = job.run_id
+    cfg.tracking.parent_run_id = job.parent_run_id
+    cfg.tracking.arm = job.arm
+    cfg.train.checkpoint_dir = str(cell_dir)
+    cfg.train.threads = job.threads
+    trainer = Trainer(cfg, resume=bool(list_checkpoints(cell_dir)), progress=False)
+    trainer.on_read_out = _progress_writer(cell_dir / "progress.json", cfg.train.steps)
+    res = trainer.run()
+    return {"status": res.status, "cell": job.cell_id, "run_id": res.run_id, "steps": res.steps,
+            "train_loss": res.final_loss, "eval_loss": res.eval_loss,
+            "diverged_at_step": res.diverged_at_step}
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m ablations.worker CELL_DIR/job.json", file=sys.stderr)
+        return 2
+    die_with_parent()
+    signal.signal(signal.SIGTERM, _interrupt)  # the runner stopping: end the run cleanly
+    result = run_job(args[0])
+    if result["status"] == "busy":
+        print(f"cell {result['cell']} is being run by another process", file=sys.stderr)
+        return EXIT_BUSY
+    return 0 if result["status"] in ("finished", "diverged") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
