@@ -1,0 +1,258 @@
+"""Render the frames of `reports.stats` as Markdown (GitHub pipe tables), LaTeX (booktabs) and CSV.
+
+Pure Python (no tabulate, no jinja2). Numbers: 3 significant digits, p-values as 0.031 or <0.001,
+"—" (LaTeX "---") for a missing value; the note column says why a p-value is missing. User strings
+(arm names, notes) are escaped for the target format. CSV keeps the raw values at full precision,
+so it reads back with `pandas.read_csv`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+NA = "—"
+FORMATS = ("markdown", "latex", "csv")
+EXTENSIONS = {"markdown": "md", "latex": "tex", "csv": "csv"}
+P_COLUMNS = ("p_value", "p_holm")
+LR_COLUMNS = ("lr", "optimal_lr")
+SHARE_COLUMNS = ("p_improve",)
+INT_COLUMNS = ("seed", "diverged_at_step", "last_step")
+
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
+_LATEX_RE = re.compile("|".join(re.escape(c) for c in _LATEX_SPECIALS))
+_MD_BACKSLASH_RE = re.compile(r"([\\`*_|~])")
+
+
+# ------------------------------------------------------------------------------------- escaping
+
+def escape_latex(text: str) -> str:
+    """Escape LaTeX specials (& % $ # _ { } ~ ^ \\ < >) in one pass."""
+    return _LATEX_RE.sub(lambda m: _LATEX_SPECIALS[m.group()], str(text))
+
+
+def escape_markdown(text: str) -> str:
+    """Make `text` literal inside a GitHub table cell: markdown specials, pipes and HTML are escaped."""
+    text = str(text).replace("\r", " ").replace("\n", " ")
+    text = _MD_BACKSLASH_RE.sub(r"\\\1", text)
+    if re.search(r"\]\s*[(\[]|!\[", text):  # only links and images need their brackets escaped
+        text = re.sub(r"([\[\]])", r"\\\1", text)
+    text = re.sub(r"&(?=[A-Za-z#])", "&amp;", text)
+    text = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+    return text.replace(">", "&gt;")
+
+
+# ----------------------------------------------------------------------------------- numbers
+
+def _missing(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_sig(x: float, digits: int = 3) -> str:
+    """`x` with `digits` significant digits, fixed point for 1e-3 <= |x| < 1e5, else scientific."""
+    if _missing(x):
+        return NA
+    x = float(x)
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if not 1e-3 <= abs(x) < 1e5:
+        return f"{x:.{digits - 1}e}"
+    decimals = max(digits - 1 - math.floor(math.log10(abs(x))), 0)
+    text = f"{x:.{decimals}f}"
+    return "0" if float(text) == 0 else text
+
+
+def fmt_p(p: float) -> str:
+    """A p-value: "0.031", "<0.001", NA when missing."""
+    if _missing(p):
+        return NA
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def format_value(column: str, value: Any) -> str:
+    """One cell as display text, chosen by column name and value type (not escaped)."""
+    if _missing(value):
+        return NA
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if column in P_COLUMNS:
+        return fmt_p(value)
+    if column in SHARE_COLUMNS:
+        return f"{float(value):.2f}"
+    if column in LR_COLUMNS:
+        return f"{float(value):g}"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    integer_column = column in INT_COLUMNS or column.startswith("n_") or column.endswith("_n")
+    return str(int(x)) if integer_column and x.is_integer() else fmt_sig(x)
+
+
+# ----------------------------------------------------------------------------------- rendering
+
+def _is_numeric_text(text: str) -> bool:
+    return bool(re.fullmatch(r"[<>]?-?(\d[\d.]*(e[+-]\d+)?|inf)|" + NA, text))
+
+
+def render_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub pipe table; cells are display text (escaped here), numeric columns right-aligned."""
+    right = [all(_is_numeric_text(r[i]) for r in rows) and bool(rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(escape_markdown(h) for h in header) + " |",
+             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    lines += ["| " + " | ".join(escape_markdown(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_latex(header: Sequence[str], rows: Sequence[Sequence[str]], *,
+                 latex_header: Sequence[str] | None = None) -> str:
+    """A booktabs `tabular`; cells are display text (escaped here). `latex_header` is used verbatim."""
+    right = [all(_is_numeric_text(r[i]) for r in rows) and bool(rows) for i in range(len(header))]
+
+    def cell(text: str) -> str:
+        return "---" if text == NA else escape_latex(text)
+
+    head = latex_header if latex_header is not None else [escape_latex(h) for h in header]
+    lines = [r"\begin{tabular}{" + "".join("r" if r else "l" for r in right) + "}", r"\toprule",
+             " & ".join(head) + r" \\", r"\midrule"]
+    lines += [" & ".join(cell(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    """Raw values at full precision (reads back with `pandas.read_csv`)."""
+    return df.to_csv(index=False, lineterminator="\n")
+
+
+def format_table(df: pd.DataFrame, fmt: str = "markdown") -> str:
+    """Any frame, every column, cells by `format_value`."""
+    _check_fmt(fmt)
+    if fmt == "csv":
+        return to_csv(df)
+    header = [str(c) for c in df.columns]
+    rows = [[format_value(str(c), v) for c, v in zip(df.columns, row)]
+            for row in df.itertuples(index=False, name=None)]
+    return render_markdown(header, rows) if fmt == "markdown" else render_latex(header, rows)
+
+
+# ------------------------------------------------------------------------- the comparison table
+
+def _ci_cell(row: Mapping[str, Any]) -> str:
+    if _missing(row["ci_low"]) or _missing(row["ci_high"]):
+        return NA
+    return f"[{fmt_sig(row['ci_low'])}, {fmt_sig(row['ci_high'])}]"
+
+
+def _diverged_cell(row: Mapping[str, Any]) -> str:
+    arm, base = (row.get(k) for k in ("diverged_steps", "diverged_steps_base"))
+    steps = [] if _missing(arm) or not arm else [str(arm)]
+    if not _missing(base) and base:
+        steps.append(f"base {base}")
+    counts = f"{int(row['n_diverged_arm'])}/{int(row['n_diverged_base'])}"
+    return counts + (f" ({'; '.join(steps)})" if steps else "")
+
+
+# (markdown header, latex header, cell)
+_CompareColumn = tuple[str, str, Callable[[Mapping[str, Any]], str]]
+COMPARE_DISPLAY: tuple[_CompareColumn, ...] = (
+    ("arm", "arm", lambda r: str(r["arm"])),
+    ("metric", "metric", lambda r: str(r["metric"])),
+    ("lr", "lr", lambda r: format_value("lr", r["lr"])),
+    ("n", "$n$", lambda r: str(int(r["n_pairs"]))),
+    ("baseline", "baseline", lambda r: fmt_sig(r["base_mean"])),
+    ("arm mean", "arm mean", lambda r: fmt_sig(r["arm_mean"])),
+    ("Δ mean", r"$\Delta$ mean", lambda r: fmt_sig(r["mean_diff"])),
+    ("CI (bootstrap)", "CI (bootstrap)", _ci_cell),
+    ("p", "$p$", lambda r: fmt_p(r["p_value"])),
+    ("p (Holm)", "$p$ (Holm)", lambda r: fmt_p(r["p_holm"])),
+    ("P(better)", "P(better)", lambda r: format_value("p_improve", r["p_improve"])),
+    ("diverged arm/base", "diverged arm/base", _diverged_cell),
+    ("note", "note", lambda r: str(r["note"]) if not _missing(r["note"]) else ""),
+)
+
+
+def format_compare_table(df: pd.DataFrame, fmt: str = "markdown") -> str:
+    """A `reports.stats.compare_arms` frame for reading: Δ mean with its CI, p, Holm p, P(better).
+
+    The lr column shows only when the rows hold several LRs. csv: the raw frame, every column.
+    """
+    _check_fmt(fmt)
+    if fmt == "csv":
+        return to_csv(df)
+    columns = [c for c in COMPARE_DISPLAY if c[0] != "lr" or df["lr"].nunique(dropna=False) > 1]
+    records = df.to_dict("records")
+    rows = [[cell(r) for _, _, cell in columns] for r in records]
+    header = [md for md, _, _ in columns]
+    if fmt == "markdown":
+        return render_markdown(header, rows)
+    return render_latex(header, rows, latex_header=[tex for _, tex, _ in columns])
+
+
+def is_compare_frame(df: pd.DataFrame) -> bool:
+    return {"arm", "metric", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm"} <= set(df.columns)
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """`format_compare_table` for a compare_arms frame, else `format_table`."""
+    return format_compare_table(df, fmt) if is_compare_frame(df) else format_table(df, fmt)
+
+
+# ------------------------------------------------------------------------------------- writing
+
+def _check_fmt(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file next to `path`, then `os.replace` it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_tables(frames: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike[str],
+                 formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write `name.md`, `name.tex` and `name.csv` for every frame, atomically; return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        _check_fmt(fmt)
+    paths = []
+    for name, df in frames.items():
+        if not name or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"table name must be a plain file name, got {name!r}")
+        for fmt in formats:
+            path = out / f"{name}.{EXTENSIONS[fmt]}"
+            atomic_write_text(path, render(df, fmt))
+            paths.append(path)
+    return paths

@@ -1,0 +1,135 @@
+"""reports.tables: number formatting, Markdown / LaTeX escaping and structure, CSV round trip, writing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports import frames as F
+from reports import stats as S
+from reports import tables as T
+
+EVIL = "a_b&c<script>"
+
+
+def _runs(arms: dict[str, list[float]], diverged: tuple[str, int] | None = None) -> pd.DataFrame:
+    rows = []
+    for arm, values in arms.items():
+        for seed, v in enumerate(values):
+            bad = diverged == (arm, seed)
+            rows.append({F.ARM: arm, F.SEED: seed, F.LR: 1e-3, F.STATUS: "diverged" if bad else "finished",
+                         F.DIVERGED_AT_STEP: 120 if bad else None, F.FINAL_EVAL_LOSS: v,
+                         F.LOSS_AT_INIT: 10.0})
+    return F.typed_runs(pd.DataFrame(rows))
+
+
+@pytest.fixture(scope="module")
+def compare() -> pd.DataFrame:
+    runs = _runs({"base": [3.0, 3.1, 3.2, 3.3, 3.4, 3.5],
+                  EVIL: [3.5, 3.7, 3.4, 3.9, 3.6, 4.0],
+                  "tiny|pipe": [3.01, 3.09, 3.22, 3.3, 3.41, 3.5]}, diverged=(EVIL, 1))
+    return S.compare_arms(runs, "base", [F.FINAL_EVAL_LOSS, S.DIVERGENCE], n_boot=500)
+
+
+def test_numbers():
+    assert [T.fmt_sig(x) for x in (0.0123456, -0.15, 1.23456, 123.456, 4567.8, 0.0, 2.5e-5, 3e6)] == \
+        ["0.0123", "-0.150", "1.23", "123", "4568", "0", "2.50e-05", "3.00e+06"]
+    assert [T.fmt_sig(x) for x in (np.nan, None, np.inf, -np.inf)] == [T.NA, T.NA, "inf", "-inf"]
+    assert [T.fmt_p(p) for p in (0.031, 0.0312, 0.00099, 0.5, 1.0, np.nan)] == \
+        ["0.031", "0.031", "<0.001", "0.500", "1.000", T.NA]
+    assert T.format_value("n_pairs", np.int64(6)) == "6" and T.format_value("n_pairs", 6.0) == "6"
+    assert T.format_value("lr", 0.003) == "0.003" and T.format_value("p_improve", 2 / 3) == "0.67"
+    assert T.format_value("mean_diff", 6.0) == "6.00" and T.format_value("note", "x") == "x"
+    assert T.format_value("seed", pd.NA) == T.NA
+
+
+def test_escaping():
+    assert T.escape_latex(r"& % $ # _ { } ~ ^ \ < >") == (
+        r"\& \% \$ \# \_ \{ \} \textasciitilde{} \textasciicircum{} \textbackslash{} "
+        r"\textless{} \textgreater{}")
+    assert T.escape_latex(EVIL) == r"a\_b\&c\textless{}script\textgreater{}"
+    assert T.escape_markdown(EVIL) == r"a\_b&amp;c&lt;script&gt;"
+    assert T.escape_markdown("a|b*c`d\\e") == r"a\|b\*c\`d\\e"
+    assert T.escape_markdown("[x](javascript:alert(1))").startswith(r"\[x\]")
+    assert T.escape_markdown("<0.001") == "<0.001" and T.escape_markdown("[0.1, 0.2]") == "[0.1, 0.2]"
+    assert T.escape_markdown("two\nlines") == "two lines"
+
+
+def test_markdown_compare_table(compare):
+    md = T.format_compare_table(compare, "markdown")
+    lines = md.strip().split("\n")
+    assert len(lines) == 2 + len(compare)
+    assert lines[0].startswith("| arm | metric | n | baseline |") and "lr" not in lines[0].split(" | ")
+    assert set(lines[1]) <= set("|-:")
+    n_cols = lines[0].count(" | ") + 1
+    for line in lines[2:]:  # escaped pipes do not split cells
+        assert line.replace(r"\|", "").count(" | ") + 1 == n_cols
+    assert "<script>" not in md and r"a\_b&amp;c&lt;script&gt;" in md and r"tiny\|pipe" in md
+    row = next(line for line in lines if line.startswith(r"| a\_b&amp;c") and "final\\_eval\\_loss" in line)
+    r = compare[(compare["arm"] == EVIL) & (compare["metric"] == F.FINAL_EVAL_LOSS)].iloc[0]
+    # diffs 0.5, 6.9 (diverged: 10 - 3.1), 0.2, 0.6, 0.2, 0.5 -> mean 8.9 / 6
+    assert r["mean_diff"] == pytest.approx(8.9 / 6)
+    assert "| 1.48 |" in row
+    assert f"[{T.fmt_sig(r['ci_low'])}, {T.fmt_sig(r['ci_high'])}]" in row
+    assert "| 0.031 |" in row  # all 6 differences positive: exact p = 2/64
+    assert "1/0 (s1@120)" in row and "diverged runs count as loss\\_at\\_init" in row
+    div_row = next(line for line in lines if "diverged\\_at\\_step" in line and line.startswith(r"| a\_b"))
+    assert f"| {T.NA} |" in div_row and "too few non-zero differences (1 of n=6) for wilcoxon" in div_row
+
+
+def test_latex_compare_table(compare):
+    tex = T.format_compare_table(compare, "latex")
+    lines = tex.strip().split("\n")
+    assert lines[0].startswith(r"\begin{tabular}{ll") and lines[-1] == r"\end{tabular}"
+    assert lines[1] == r"\toprule" and lines[3] == r"\midrule" and lines[-2] == r"\bottomrule"
+    assert r"$\Delta$ mean" in lines[2]
+    body = lines[4:-2]
+    assert len(body) == len(compare) and all(line.endswith(r" \\") for line in body)
+    n_cols = len(lines[0][len(r"\begin{tabular}{"):-1])
+    for line in body:  # every & of a user string is escaped
+        assert len(line.replace(r"\&", "").split(" & ")) == n_cols
+    assert r"a\_b\&c\textless{}script\textgreater{}" in tex and "<script>" not in tex
+    assert "---" in tex and T.NA not in tex
+
+
+def test_lr_column_shows_with_several_lrs(compare):
+    two = pd.concat([compare.assign(lr=1e-3), compare.assign(lr=1e-2)], ignore_index=True)
+    header = T.format_compare_table(two).split("\n")[0]
+    assert "| lr |" in header
+    assert "| 0.01 |" in T.format_compare_table(two)
+
+
+def test_csv_round_trips(compare, tmp_path):
+    text = T.format_compare_table(compare, "csv")
+    assert text.splitlines()[0] == ",".join(S.COMPARE_COLUMNS)
+    paths = T.write_tables({"compare": compare}, tmp_path)
+    assert [p.name for p in paths] == ["compare.md", "compare.tex", "compare.csv"]
+    back = pd.read_csv(tmp_path / "compare.csv", keep_default_na=False, na_values=[""])
+    assert list(back.columns) == list(compare.columns) and len(back) == len(compare)
+    for col in compare.columns:
+        if not pd.api.types.is_numeric_dtype(compare[col]):
+            assert ["" if pd.isna(v) else str(v) for v in back[col]] == compare[col].tolist(), col
+        else:
+            np.testing.assert_array_equal(back[col].to_numpy(dtype=float), compare[col].to_numpy(dtype=float))
+    assert (tmp_path / "compare.md").read_text() == T.format_compare_table(compare, "markdown")
+    assert (tmp_path / "compare.tex").read_text() == T.format_compare_table(compare, "latex")
+
+
+def test_write_tables_generic_frames_and_atomic_replace(tmp_path):
+    runs = _runs({"base": [3.0, 3.1], EVIL: [3.2, 3.3]}, diverged=(EVIL, 0))
+    summary = S.summary_by_arm(runs, [F.FINAL_EVAL_LOSS])
+    (tmp_path / "summary.md").write_text("old")
+    paths = T.write_tables({"summary": summary}, tmp_path / "out", formats=("markdown",))
+    assert paths == [tmp_path / "out" / "summary.md"]
+    paths = T.write_tables({"summary": summary}, tmp_path)
+    assert len(paths) == 3 and sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == \
+        ["summary.csv", "summary.md", "summary.tex"]  # no temporary files left behind
+    md = (tmp_path / "summary.md").read_text()
+    assert md != "old" and r"| a\_b&amp;c&lt;script&gt; | 0.001 | 2 | 1 | 1 |" in md
+    assert "s0@120" in md and "| 6.65 |" in md  # (10 + 3.3) / 2: the diverged run counts at init
+    assert r"a\_b\&c" in (tmp_path / "summary.tex").read_text()
+    with pytest.raises(ValueError):
+        T.write_tables({"../escape": summary}, tmp_path)
+    with pytest.raises(ValueError):
+        T.format_table(summary, "html")
