@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The main job: the bundled quick grid (OLMo 2 recipe vs single interventions, 2 seeds, CPU),
+# then its report and spike dashboard. Rerunning skips what is done (the grid is resumable).
 demo: setup
-	$(VENV)/bin/stability train --preset olmo2-small
+	$(VENV)/bin/stability grid run quick
+	$(VENV)/bin/stability report quick
+	$(VENV)/bin/stability dashboard quick
 
 test: setup
 	$(PY) -m pytest
@@ -33,4 +37,4 @@ bench: setup
 	$(PY) benchmarks/bench_throughput.py
 
 clean:
-	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache
+	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache results

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ablations.commands import add_grid_parser  # the CLI composes the packages
 
     add_grid_parser(sub)
+    from reports.commands import add_report_parsers
+
+    add_report_parsers(sub)
 
     p = sub.add_parser("tracking", help="tracking utilities")
     tsub = p.add_subparsers(dest="tracking_command", required=True)
@@ -157,6 +160,18 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return run_grid_command(args)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.commands import cmd_report as run_report
+
+    return run_report(args)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from reports.commands import cmd_dashboard as run_dashboard
+
+    return run_dashboard(args)
+
+
 def cmd_tracking(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -173,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "config": cmd_config, "presets": cmd_presets,
                "probe-init": cmd_probe_init, "tracking": cmd_tracking, "grid": cmd_grid,
+               "report": cmd_report, "dashboard": cmd_dashboard,
                }[args.command]
     try:
         return handler(args)

@@ -1,0 +1,132 @@
+"""`stability report`: statistics, tables, figures and a short summary for one grid.
+
+    out/summary.md           what the grid shows, in words and numbers (figures linked)
+    out/tables/*.{md,tex,csv} compare (every arm vs the baseline, paired), summary (per arm),
+                              lr_sensitivity (when lrs are swept), runs (one row per run)
+    out/figures/*.{png,pdf}  the report's figure kinds the data supports
+
+Everything comes from a `GridData` (reports.load), so it works on a store copied from elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from reports import frames as F
+from reports.figures import report_figures
+from reports.stats import compare_arms, lr_sensitivity, summary_by_arm
+from reports.tables import atomic_write_text, escape_markdown, fmt_p, fmt_sig, write_tables
+
+HEADLINE = (F.FINAL_EVAL_LOSS, F.SPIKE_SCORE_GRAD_NORM, F.MAX_ATTN_LOGIT, F.MAX_GRAD_NORM)
+RUN_TABLE_COLUMNS = (F.ARM, F.SEED, F.LR, F.STATUS, F.DIVERGED_AT_STEP, F.LAST_STEP, F.FINAL_EVAL_LOSS,
+                     F.MAX_GRAD_NORM, F.MAX_ATTN_LOGIT, F.FINAL_LOG_Z, F.SPIKE_SCORE_LOSS,
+                     F.SPIKE_SCORE_GRAD_NORM, F.N_SPIKES, F.GROWTH_ACT, F.GROWTH_GRAD)
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    summary: str
+    compare: pd.DataFrame
+    lr_sensitivity: pd.DataFrame | None
+    paths: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _n_lrs(runs: pd.DataFrame) -> int:
+    return runs[F.LR].dropna().nunique()
+
+
+def build_report(grid: F.GridData, out_dir: str | Path, *, test: str = "wilcoxon", n_boot: int = 10_000,
+                 formats: tuple[str, ...] = ("png", "pdf")) -> Report:
+    """Compute, write and return the report of `grid` in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    baseline = grid.baseline or (grid.arms[0] if grid.arms else None)
+    compare = compare_arms(grid.runs, baseline, test=test, n_boot=n_boot) if baseline else pd.DataFrame()
+    lrs = lr_sensitivity(grid.runs, n_boot=n_boot) if _n_lrs(grid.runs) >= 2 else None
+    frames = {"compare": compare, "summary": summary_by_arm(grid.runs),
+              "runs": grid.runs[[c for c in RUN_TABLE_COLUMNS if c in grid.runs.columns]]}
+    if lrs is not None:
+        frames["lr_sensitivity"] = lrs
+    report = Report(out, "", compare, lrs)
+    report.paths += write_tables(frames, out / "tables")
+    report.paths += report_figures(grid, compare, lrs, out / "figures", reasons=report.skipped,
+                                   formats=formats)
+    report.summary = summary_text(grid, compare, lrs, report)
+    atomic_write_text(out / "summary.md", report.summary)
+    report.paths.append(out / "summary.md")
+    return report
+
+
+def _status_line(runs: pd.DataFrame) -> str:
+    counts = runs[F.STATUS].value_counts()
+    return ", ".join(f"{int(counts[s])} {s}" for s in F.STATUSES if s in counts)
+
+
+def _effect_line(row: pd.Series) -> str:
+    """`+0.12 [0.05, 0.20], p_holm 0.031, better in 3/3` in words a reader can scan."""
+    if not math.isfinite(row.get("mean_diff", math.nan)):
+        return str(row.get("note") or "no paired difference")
+    text = f"{row['mean_diff']:+.3g} [{fmt_sig(row['ci_low'])}, {fmt_sig(row['ci_high'])}]"
+    p = row.get("p_holm")
+    text += f", Holm p {fmt_p(p)}" if p is not None and math.isfinite(p) else ""
+    if math.isfinite(row.get("p_improve", math.nan)):
+        text += f", better than baseline in {row['p_improve']:.0%} of seeds"
+    if row.get("note"):
+        text += f" ({row['note']})"
+    return text
+
+
+def summary_text(grid: F.GridData, compare: pd.DataFrame, lrs: pd.DataFrame | None, report: Report) -> str:
+    runs = grid.runs
+    name = escape_markdown(grid.name)
+    lines = [f"# Grid `{name}`", "",
+             f"{len(runs)} runs ({_status_line(runs)}); baseline arm: "
+             f"`{escape_markdown(str(grid.baseline))}`; generated "
+             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.", ""]
+    diverged = runs[runs[F.STATUS] == "diverged"]
+    if len(diverged):
+        items = [f"{escape_markdown(str(r[F.ARM]))} seed {r[F.SEED]} lr {r[F.LR]:g} at step "
+                 f"{r[F.DIVERGED_AT_STEP]}" for _, r in diverged.iterrows()]
+        lines += ["Diverged: " + "; ".join(items) + ".", ""]
+    if len(compare):
+        lines += ["## Each arm against the baseline (paired on seed: arm - baseline, mean [95% CI])", ""]
+        multi_lr = _n_lrs(runs) > 1
+        for arm in [a for a in grid.arms if a != grid.baseline]:
+            lines.append(f"- **{escape_markdown(arm)}**")
+            rows = compare[(compare["arm"] == arm) & (compare["metric"].isin(HEADLINE))]
+            for _, row in rows.iterrows():
+                lr = f" (lr {row['lr']:g})" if multi_lr and pd.notna(row.get("lr")) else ""
+                lines.append(f"  - {row['metric']}{lr}: {_effect_line(row)}")
+        lines.append("")
+    if lrs is not None and len(lrs):
+        lines += ["## Learning-rate sensitivity (Wortsman et al.; lower is better)", ""]
+        for _, r in lrs.iterrows():
+            lines.append(f"- {escape_markdown(str(r['arm']))}: {fmt_sig(r['sensitivity'])} "
+                         f"(optimal lr {r['optimal_lr']:g}, best loss {fmt_sig(r['best_loss'])}, "
+                         f"{int(r['n_diverged'])} diverged)")
+        lines.append("")
+    figures = sorted({p.stem for p in report.paths if p.parent.name == "figures"})
+    if figures:
+        lines += ["## Figures", ""] + [f"![{f}](figures/{f}.png)" for f in figures] + [""]
+    if report.skipped:
+        lines += ["Not drawn: " + "; ".join(f"{k} ({v})" for k, v in report.skipped.items()), ""]
+    lines += ["Tables: `tables/compare`, `tables/summary`, `tables/runs`"
+              + (", `tables/lr_sensitivity`" if lrs is not None else "") + " (.md, .tex, .csv).", ""]
+    return "\n".join(lines)
+
+
+def attach_to_mlflow(grid: F.GridData, out_dir: Path, tracking_uri: str, artifact_path: str) -> str | None:
+    """Upload `out_dir` to the grid's parent run under `artifact_path`; returns the run id."""
+    if not grid.parent_run_id:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri).log_artifacts(grid.parent_run_id, str(out_dir), artifact_path)
+    return grid.parent_run_id
