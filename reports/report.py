@@ -19,7 +19,8 @@ import pandas as pd
 
 from reports import frames as F
 from reports.figures import report_figures
-from reports.stats import compare_arms, lr_sensitivity, summary_by_arm
+from reports.lr_sensitivity import lr_sensitivity
+from reports.stats import compare_arms, summary_by_arm
 from reports.tables import atomic_write_text, escape_markdown, fmt_p, fmt_sig, write_tables
 
 HEADLINE = (F.FINAL_EVAL_LOSS, F.SPIKE_SCORE_GRAD_NORM, F.MAX_ATTN_LOGIT, F.MAX_GRAD_NORM)

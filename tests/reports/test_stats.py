@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from reports import frames as F
+from reports import lr_sensitivity as LS
 from reports import stats as S
 from tests.reports.factories import synthetic_grid
 
@@ -365,7 +366,7 @@ def _lr_table() -> pd.DataFrame:
 
 
 def test_lr_sensitivity_hand_table():
-    out = S.lr_sensitivity(_lr_table(), n_boot=500).set_index("arm")
+    out = LS.lr_sensitivity(_lr_table(), n_boot=500).set_index("arm")
     # A s0: effective [4, 3, 10 (diverged -> init)], min 3: mean(1, 0, 7) = 8/3
     # A s1: effective [4.2, 3.4, 10 (12 capped at init)], min 3.4: mean(0.8, 0, 6.6) = 7.4/3
     a0, a1 = 8 / 3, 7.4 / 3
@@ -384,18 +385,18 @@ def test_lr_sensitivity_hand_table():
     # seed means per lr: 1e-3: (3.8+3.9+3.7)/3 = 3.8, 1e-2: (3.5+3.3)/2 = 3.4, 1e-1: (10+9+10)/3
     assert out.loc["B", "optimal_lr"] == 1e-2 and out.loc["B", "best_loss"] == pytest.approx(3.4)
     assert out.loc["B", "n_diverged"] == 1
-    per_seed = S.lr_sensitivity_per_seed(_lr_table()).set_index(["arm", "seed"])["sensitivity"]
+    per_seed = LS.lr_sensitivity_per_seed(_lr_table()).set_index(["arm", "seed"])["sensitivity"]
     assert per_seed[("A", 0)] == pytest.approx(a0) and per_seed[("B", 1)] == pytest.approx(b1)
-    eff = S.effective_losses(_lr_table())
+    eff = LS.effective_losses(_lr_table())
     assert eff[(eff["arm"] == "B") & (eff["seed"] == 2)]["lr"].tolist() == [1e-3, 1e-1]
 
 
 def test_lr_sensitivity_single_lr_and_synthetic_bowl(clean, swept):
-    single = S.lr_sensitivity(clean, n_boot=100)
+    single = LS.lr_sensitivity(clean, n_boot=100)
     assert single["sensitivity"].isna().all() and (single["n_lrs"] == 1).all()
     assert single["note"].str.contains("fewer than 2 LRs").all()
     # the factory's LR bowl has its minimum at 1e-2
-    bowl = S.lr_sensitivity(swept, n_boot=100).set_index("arm")
+    bowl = LS.lr_sensitivity(swept, n_boot=100).set_index("arm")
     assert (bowl["optimal_lr"] == 1e-2).all() and list(bowl.index) == ["olmo2", "no_qk_norm", "olmo0424"]
     # the diverged run (s0, lr 0.1) counts ~11.2 instead of ~4.2: +7/3 for s0, +7/9 on the mean
     extra = bowl.loc["no_qk_norm", "sensitivity"] - bowl.loc["olmo2", "sensitivity"]
