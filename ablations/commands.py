@@ -65,8 +65,16 @@ def _status(spec, uri: str | None) -> int:
     return 0
 
 
+def _sigterm_as_interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _run(spec, args: argparse.Namespace) -> int:
+    import signal
+
     from ablations.runner import BACKENDS
+
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # stop the workers cleanly, as on Ctrl-C
 
     if args.backend not in BACKENDS:
         raise ConfigError(f"--backend: {args.backend!r} not in ({', '.join(BACKENDS)})")

@@ -196,8 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        print("interrupted: rerun with --resume to continue from the last checkpoint",
-              file=sys.stderr)
+        hint = ("rerun the same command to continue the grid" if args.command == "grid"
+                else "rerun with --resume to continue from the last checkpoint")
+        print(f"interrupted: {hint}", file=sys.stderr)
         return 130
 
 
