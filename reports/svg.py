@@ -176,6 +176,15 @@ def _legend(series: Sequence[Series], colors: list[str], width: int, left: int, 
     return f'<g class="legend">{"".join(items)}</g>', (row + 1 if series else 0)
 
 
+def _isolated(px: np.ndarray, py: np.ndarray) -> list[tuple[float, float]]:
+    """Finite points with no finite neighbour: a path draws nothing for them, so they get a dot."""
+    ok = np.isfinite(px) & np.isfinite(py)
+    prev = np.concatenate([[False], ok[:-1]])
+    nxt = np.concatenate([ok[1:], [False]])
+    alone = ok & ~prev & ~nxt
+    return list(zip(px[alone].tolist(), py[alone].tolist()))
+
+
 def line_chart(series: Sequence[Series], *, title: str = "", width: int = 900, height: int = 240,
                log_y: bool = False, markers: Sequence[Marker] = (),
                x_range: tuple[float, float] | None = None, max_points: int = MAX_POINTS,
@@ -228,6 +237,9 @@ def line_chart(series: Sequence[Series], *, title: str = "", width: int = 900, h
             out.append(f'<path class="series" data-label="{esc(s.label)}" d="{d}" fill="none" '
                        f'stroke="{esc(color)}" stroke-width="{s.width:g}" stroke-linejoin="round" '
                        f'stroke-linecap="round"{dash}/>')
+            for px, py in _isolated(np.asarray(sx(x[keep])), np.asarray(sy(y[keep]))):
+                out.append(f'<circle class="point" cx="{px:.1f}" cy="{py:.1f}" r="2.5" '
+                           f'fill="{esc(color)}"/>')
     for m in markers:
         if not x0 <= m.x <= x1:
             continue

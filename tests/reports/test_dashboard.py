@@ -447,3 +447,14 @@ def test_headless_chromium_renders_pages(dash, tmp_path):
         assert len(colours) > 50, f"{page}: screenshot looks blank ({len(colours)} colours)"
         non_bg = (np.abs(img[..., :3] - img[0, -1, :3]).sum(axis=-1) > 0.1).mean()
         assert non_bg > 0.02, page
+
+
+def test_an_isolated_point_is_drawn_as_a_dot():
+    """A path draws nothing for a lone point (one eval, one attention probe): it gets a circle."""
+    import numpy as np
+
+    from reports.svg import Series, line_chart
+
+    svg = line_chart([Series("eval/loss", np.array([0.0, 5.0, 9.0]), np.array([np.nan, 4.5, np.nan])),
+                      Series("train/loss", np.arange(10.0), np.linspace(7, 4, 10))])
+    assert svg.count('<circle class="point"') == 1
