@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from ablations.spec import GRIDS_DIR, load_spec
 from reports import frames as F
-from reports import load
+from reports import load_artifacts, load_metrics
 from reports.load import load_grid
 from stability import metric_names as M
 from stability.config import load_config
@@ -134,8 +134,9 @@ def _same_series_all_paths(uri: str, runs: list, series: pd.DataFrame) -> None:
     client = MlflowClient(uri)
     key = [F.RUN_ID, "metric", "step"]
     expected = series.sort_values(key).reset_index(drop=True).astype({F.RUN_ID: object, "metric": object})
-    for points in (load._api_points(uri, client, runs, None), load._sqlalchemy_points(uri, runs, None)):
-        got = load._series_frame(load._dedupe(points), None)
+    for points in (load_metrics.api_points(uri, client, runs, None),
+                   load_metrics._sqlalchemy_points(uri, runs, None)):
+        got = load_metrics.series_frame(load_metrics.dedupe(points), None)
         got = got.sort_values(key).reset_index(drop=True).astype({F.RUN_ID: object, "metric": object})
         pd.testing.assert_frame_equal(got, expected)
 
@@ -150,7 +151,7 @@ def test_load_grid_end_to_end(grid_store):
     _same_series_all_paths(uri, runs, grid.series)
     # a remote artifact store: the same artifacts through MlflowClient.download_artifacts
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(load, "_local_artifact_dir", lambda *a: (None, None))
+        mp.setattr(load_artifacts, "_local_artifact_dir", lambda *a: (None, None))
         remote = load_grid(GRID, uri, series=[])
     pd.testing.assert_frame_equal(remote.dense, grid.dense)
     pd.testing.assert_frame_equal(remote.runs, grid.runs)
@@ -159,8 +160,9 @@ def test_load_grid_end_to_end(grid_store):
     small = load_grid(GRID, uri, series=["train/"], dense=False)
     assert set(small.series["metric"]) == {k for k in grid.series["metric"] if k.startswith("train/")}
     layer_keys = {k for k in grid.series["metric"] if k.startswith("grad/norm/layer_")}
-    for fetch in (load._sql_points, load._sqlalchemy_points, load._api_points):  # LIKE's "_" escaped
-        args = (uri, runs, ("grad/norm/layer_",)) if fetch is load._sqlalchemy_points else (
+    # every fetch path honours `wanted` (LIKE's "_" escaped)
+    for fetch in (load_metrics.sql_points, load_metrics._sqlalchemy_points, load_metrics.api_points):
+        args = (uri, runs, ("grad/norm/layer_",)) if fetch is load_metrics._sqlalchemy_points else (
             uri, client, runs, ("grad/norm/layer_",))
         assert set(fetch(*args).keys) == layer_keys != set()
     assert small.dense.empty
