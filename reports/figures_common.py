@@ -11,6 +11,7 @@ and callers may look up carry a gid "kind|arm|..." (see the figure functions).
 from __future__ import annotations
 
 import logging
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,9 @@ def new_figure(name: str, nrows: int = 1, ncols: int = 1, *, width: float | None
     return fig, axes
 
 
+TITLE_WIDTH = 70  # characters per title line on a one-panel figure
+
+
 def skip(fig: Figure, what: str, reason: str) -> None:
     """Record (and log) that `what` was left out of `fig` and why."""
     fig.skipped[what] = reason
@@ -55,8 +59,8 @@ def finish(fig: Figure, title: str, ax: Axes | None = None) -> Figure:
     skipped under it."""
     if fig.skipped:
         title += "\n(skipped: " + "; ".join(f"{k}: {v}" for k, v in fig.skipped.items()) + ")"
-    if ax is not None:
-        ax.set_title(title)
+    if ax is not None:  # one panel: keep the title inside the axes' width (legends sit to the right)
+        ax.set_title("\n".join(textwrap.fill(line, TITLE_WIDTH) for line in title.split("\n")))
     else:
         fig.suptitle(title)
     return fig
