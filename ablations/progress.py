@@ -4,7 +4,6 @@ diverged / failed, live spike count, tokens/s and ETA; one line per cell as it e
 from __future__ import annotations
 
 import sys
-import time
 
 from ablations.spec import Cell
 
@@ -31,7 +30,7 @@ class GridProgress:
             todo = len(cells) - len([s for s in done.values() if s in ("finished", "diverged")])
             self.bar.write(f"grid {name}: {len(cells)} cells, {len(cells) - todo} already done, {todo} to "
                            f"run; {jobs} worker(s) x {threads} thread(s)")
-        self._t0 = time.monotonic()
+        self._postfix = ""
         self._refresh()
 
     def started(self, cell: Cell) -> None:
@@ -64,14 +63,19 @@ class GridProgress:
     def _refresh(self) -> None:
         live_steps = sum(int(p.get("step") or 0) for p in self.live.values())
         n = min(self.bar.total, self._base + live_steps)
-        if n != self.bar.n:
-            self.bar.n = n
         tok_s = sum(float(p.get("tokens_per_s") or 0.0) for p in self.live.values())
         spikes = self.spikes_done + sum(int(p.get("spikes") or 0) for p in self.live.values())
         c = {k: sum(1 for s in self.status.values() if s == k) for k in ("finished", "diverged", "failed")}
-        self.bar.set_postfix_str(f"done {c['finished']} | running {len(self.live)} | diverged "
-                                 f"{c['diverged']} | failed {c['failed']} | spikes {spikes} | "
-                                 f"{tok_s:,.0f} tok/s", refresh=True)
+        postfix = (f"done {c['finished']} | running {len(self.live)} | diverged {c['diverged']} | failed "
+                   f"{c['failed']} | spikes {spikes} | {tok_s:,.0f} tok/s")
+        if postfix != self._postfix:  # redraw only when something changed (logs stay short)
+            self._postfix = postfix
+            self.bar.set_postfix_str(postfix, refresh=False)
+        if n > self.bar.n:
+            self.bar.update(n - self.bar.n)  # tqdm's own rate limit and ETA
+        elif n < self.bar.n:  # a resumed cell restarted from its checkpoint
+            self.bar.n = n
+            self.bar.refresh()
 
     def close(self) -> None:
         self.bar.close()
