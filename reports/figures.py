@@ -168,7 +168,7 @@ def report_figures(grid: F.GridData, compare_df: pd.DataFrame | None = None,
         ("loss_curves", lambda: loss_curves(grid)),
         ("grad_norm_curves", lambda: grad_norm_curves(grid)),
         *_heatmap_jobs(grid, skipped),
-        ("attn_logit_curves", lambda: attn_logit_curves(grid)),
+        ("attn_logit_curves", lambda: attn_logit_curves(grid, logy=True)),  # spans decades
         ("log_z_curves", lambda: log_z_curves(grid)),
         ("embedding_norm_curves", lambda: embedding_norm_curves(grid)),
         ("update_rms_and_eps", lambda: update_rms_and_eps(grid)),
