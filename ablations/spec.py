@@ -63,6 +63,7 @@ RESOURCE_KEYS: dict[str, tuple[type, float, bool]] = {
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 ARM_RE = re.compile(r"[A-Za-z0-9_-]+")  # no dots: places like arms.<arm>.model.x stay unambiguous
 CELL_ID_LEN = 12
+INT64_MAX = 2**63 - 1  # integer keys (seeds, budget) hold 64-bit values, like the RunConfig's
 
 
 def _suggest(name: str, options: list[str] | tuple[str, ...]) -> str:
@@ -77,6 +78,23 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_finite(v: int | float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond the float range
+        return False
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+
+
+def _name(key: str) -> str:
+    """A key from the file as it goes into a message: quoted when it would break the line."""
+    return key if key.isprintable() else repr(key)
 
 
 def _one_line(text: str) -> str:
@@ -133,8 +151,9 @@ class GridSpec:
         """train.steps under the budget (`tokens` -> ceil(tokens / (batch * seq)))."""
         if "steps" in self.budget:
             return int(self.budget["steps"])
-        if "tokens" in self.budget:
-            return max(1, math.ceil(self.budget["tokens"] / (cfg.train.batch_size * cfg.train.seq_len)))
+        per_step = cfg.train.batch_size * cfg.train.seq_len
+        if "tokens" in self.budget and per_step > 0:  # else validate() names the bad batch shape
+            return max(1, -(-self.budget["tokens"] // per_step))  # exact ceil, any size
         return cfg.train.steps
 
     def _finish(self, cfg: RunConfig, arm: str, seed: int, lr: float) -> RunConfig:
@@ -240,7 +259,7 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
     """Check the parsed TOML of a spec and return the `GridSpec` (cells not yet resolved)."""
     for key in data:
         if key not in TOP_KEYS:
-            raise ConfigError(f"{key}: unknown key ({_suggest(key, TOP_KEYS)})")
+            raise ConfigError(f"{_name(key)}: unknown key ({_suggest(key, TOP_KEYS)})")
 
     name = data.get("name")
     if name is None:
@@ -262,7 +281,7 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
     if (
         not isinstance(seeds, list)
         or not seeds
-        or not all(_is_int(s) and s >= 0 for s in seeds)
+        or not all(_is_int(s) and 0 <= s <= INT64_MAX for s in seeds)
         or len(set(seeds)) != len(seeds)
     ):
         got = "nothing" if seeds is None else repr(seeds)
@@ -275,8 +294,8 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
         for i, lr in enumerate(lrs):
             if not _is_number(lr):
                 raise ConfigError(f"lrs[{i}]: expected a number, got {lr!r}")
-            if not (lr > 0 and math.isfinite(lr)):
-                raise ConfigError(f"lrs[{i}]: must be > 0, got {lr!r}")
+            if not (lr > 0 and _is_finite(lr)):
+                raise ConfigError(f"lrs[{i}]: must be > 0 and finite, got {_short(lr)}")
         lrs = [float(lr) for lr in lrs]
         if len(set(lrs)) != len(lrs):
             raise ConfigError(f"lrs: values must be distinct, got {lrs}")
@@ -284,9 +303,9 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
     budget = _table(data, "budget")
     for key, value in budget.items():
         if key not in BUDGET_KEYS:
-            raise ConfigError(f"budget.{key}: unknown key ({_suggest(key, BUDGET_KEYS)})")
-        if not _is_int(value) or value < 1:
-            raise ConfigError(f"budget.{key}: expected a positive integer, got {value!r}")
+            raise ConfigError(f"budget.{_name(key)}: unknown key ({_suggest(key, BUDGET_KEYS)})")
+        if not _is_int(value) or not 1 <= value <= INT64_MAX:
+            raise ConfigError(f"budget.{key}: expected a positive integer (64-bit), got {_short(value)}")
     if "budget" in data and len(budget) != 1:
         raise ConfigError("budget: give steps or tokens, not both" if budget
                           else "budget: give steps = N or tokens = N (or leave [budget] out)")
@@ -294,7 +313,8 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
     resources = _table(data, "resources")
     for key, value in resources.items():
         if key not in RESOURCE_KEYS:
-            raise ConfigError(f"resources.{key}: unknown key ({_suggest(key, list(RESOURCE_KEYS))})")
+            raise ConfigError(f"resources.{_name(key)}: unknown key "
+                              f"({_suggest(key, list(RESOURCE_KEYS))})")
         tp, low, inclusive = RESOURCE_KEYS[key]
         ok_type = _is_int(value) if tp is int else _is_number(value)
         ok_range = ok_type and (value >= low if inclusive else value > low)
@@ -315,7 +335,7 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
     arms: dict[str, dict[str, Any]] = {}
     for arm, overrides in arms_table.items():
         if not ARM_RE.fullmatch(arm):
-            raise ConfigError(f"arms.{arm}: arm names are [A-Za-z0-9_-] (no dots or spaces)")
+            raise ConfigError(f"arms.{_name(arm)}: arm names are [A-Za-z0-9_-] (no dots or spaces)")
         if not isinstance(overrides, dict):
             raise ConfigError(f"arms.{arm}: expected a table of RunConfig overrides, got {overrides!r}")
         _check_overrides(f"arms.{arm}", overrides, owned)

@@ -78,10 +78,11 @@ def _resolve(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _resolve(args)  # bad input fails here, before the trainer's heavy imports
+
     from stability.tracking import resolve_uri
     from stability.train import Trainer
 
-    cfg = _resolve(args)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     stats = trainer.data.stats
     print(f"run {trainer.run_name}: {trainer.model.num_params():,} params, "
@@ -195,6 +196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as exc:  # disk full while writing a checkpoint or the spool: one line, no traceback
+        from stability.checkpoint import CheckpointWriteError
+        from stability.tracking_io import SpoolWriteError
+
+        if not isinstance(exc, CheckpointWriteError | SpoolWriteError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         hint = ("rerun the same command to continue the grid" if args.command == "grid"
                 else "rerun with --resume to continue from the last checkpoint")

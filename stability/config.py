@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -201,8 +202,11 @@ def _check_choices(section: str, obj: Any) -> None:
 
 def _positive(section: str, obj: Any, *keys: str) -> None:
     for key in keys:
-        if not getattr(obj, key) > 0:
-            raise ConfigError(f"{section}.{key}: must be > 0, got {getattr(obj, key)}")
+        value = getattr(obj, key)
+        if not value > 0:
+            raise ConfigError(f"{section}.{key}: must be > 0, got {value}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{section}.{key}: must be finite, got {value}")
 
 
 def _non_negative(section: str, obj: Any, *keys: str) -> None:
@@ -254,7 +258,23 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     )
     if not ok:
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    return float(value) if tp is float else value
+    if tp is int and not _INT64[0] <= value <= _INT64[1]:
+        raise ConfigError(f"{key}: {_short(value)} is out of range (64-bit integers)")
+    if tp is float and isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {_short(value)} is too large for a number") from None
+    return value
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _short(value: Any) -> str:
+    """`value` for a message: huge integers as their first digits and length."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
 
 
 def _suggest(name: str, options: list[str]) -> str:
@@ -270,7 +290,8 @@ def apply_table(obj: Any, table: dict[str, Any], prefix: str = "") -> None:
     for key, value in table.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"{dotted}: unknown key ({_suggest(key, names)})")
+            place = dotted if dotted.isprintable() else repr(dotted)  # the message stays one line
+            raise ConfigError(f"{place}: unknown key ({_suggest(key, names)})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):

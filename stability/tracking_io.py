@@ -12,6 +12,9 @@ left stays on disk and one line says how to send it: `replay_spool(path, uri)` (
 `stability tracking replay <spool file> [--tracking-uri URI]`). A resumed run (same run id, same
 spool dir) adopts a spool a crashed process left behind and drains it first.
 
+A spool append that fails (disk full) is cut back to the bytes it had, so the spool stays intact,
+and raises `SpoolWriteError` naming the file (the Tracker reports it at `flush()` / `finish()`).
+
 Spool format: JSON lines, one record per line, appended with flush + fsync:
     {"v": 1, "id": "<writer>-<seq>", "run_id": ..., "uri": ..., "kind": "batch",
      "metrics": [[key, value, timestamp_ms, step], ...], "params": [[k, v]], "tags": [[k, v]]}
@@ -62,6 +65,10 @@ DENSE_ARTIFACT_DIR = "dense"
 
 class TrackingUnavailable(RuntimeError):
     """The tracking server did not answer when a run had to be created or opened."""
+
+
+class SpoolWriteError(OSError):
+    """Records could not be appended to the spool (disk full, ...); what it held is intact."""
 
 
 def resolve_uri(uri: str = "") -> str:
@@ -157,19 +164,35 @@ class _Spool:
             return False
 
     def append(self, records: list[dict[str, Any]]) -> None:
+        """Append `records` (one write, then fsync). A failed write (disk full, ...) cuts the file
+        back to what it held before and raises `SpoolWriteError`: the spool stays intact."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab") as f:
-            if not self._checked_tail:  # a torn line from a crash must not swallow the next one
-                self._checked_tail = True
-                if f.tell() > 0:
-                    with open(self.path, "rb") as r:
-                        r.seek(-1, os.SEEK_END)
-                        if r.read(1) != b"\n":
-                            f.write(b"\n")
-            f.write(b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n"
-                             for r in records))
-            f.flush()
-            os.fsync(f.fileno())
+        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            if not self._checked_tail and start > 0:  # a torn line from a crash must not swallow
+                with open(self.path, "rb") as r:  # the next one
+                    r.seek(-1, os.SEEK_END)
+                    if r.read(1) != b"\n":
+                        data = b"\n" + data
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                err = SpoolWriteError(f"tracking spool {self.path}: cannot append {len(records)} "
+                                      f"record(s) ({reason}); they are lost, the {start} bytes "
+                                      "spooled before are intact")
+                err.errno = exc.errno
+                raise err from exc
+            self._checked_tail = True
+        finally:
+            os.close(fd)
 
     def records(self) -> Iterator[tuple[dict[str, Any], int]]:
         """(record, byte offset just past it) from the current offset on; torn lines skipped."""
