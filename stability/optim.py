@@ -6,12 +6,14 @@ tensor factor (no host sync) and so probes can read the unscaled update and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from stability.config import OptimConfig
+from stability.distributed import local_tensor
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
@@ -53,7 +55,11 @@ class AdamW(torch.optim.Optimizer):
         super().__init__(groups, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": 0.0})
 
     def _state_lists(self, group: dict[str, Any]) -> dict[tuple, tuple[list, ...]]:
-        """Per (device, dtype): params, grads, first and second moments, step counts."""
+        """Per (device, dtype): params, grads, first and second moments, step counts.
+
+        Sharded (FSDP2 DTensor) parameters, grads and moments enter as their local shards: the
+        update is elementwise, so each rank updates its own shard.
+        """
         buckets: dict[tuple, tuple[list, ...]] = {}
         for p in group["params"]:
             if p.grad is None:
@@ -64,9 +70,9 @@ class AdamW(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             lists = buckets.setdefault((p.device, p.dtype), ([], [], [], [], []))
-            for lst, item in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"],
-                                         state["step"])):
-                lst.append(item)
+            for lst, item in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"])):
+                lst.append(local_tensor(item))
+            lists[4].append(state["step"])
         return buckets
 
     @torch.no_grad()
@@ -117,12 +123,22 @@ class SkipStep:
 
 
 @torch.no_grad()
-def clip_grad_norm_(params: list[torch.Tensor], max_norm: float
+def clip_grad_norm_(params: list[torch.Tensor], max_norm: float,
+                    reduce_sq: Callable[[torch.Tensor], torch.Tensor] | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Global L2 clipping on device. Returns (pre-clip norm, clip coefficient in (0, 1], the
-    pre-clip per-tensor norms in `params` order, for the probes). Every param needs a grad."""
+    pre-clip per-tensor norms in `params` order, for the probes). Every param needs a grad.
+
+    Sharded grads: `reduce_sq` sums the stacked squared norms of the local shards [P] over ranks
+    (one all-reduce, `stability.distributed.PackedSum`); norms and clipping are then global.
+    """
     grads = [p.grad for p in params]
-    norms = list(torch._foreach_norm(grads, 2.0))
+    if reduce_sq is None:
+        norms = list(torch._foreach_norm(grads, 2.0))
+    else:
+        grads = [local_tensor(g) for g in grads]
+        sq = torch.stack([n.float() for n in torch._foreach_norm(grads, 2.0)]).square()
+        norms = list(reduce_sq(sq).sqrt().unbind())
     total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
     if max_norm <= 0:
         return total, torch.ones_like(total), norms

@@ -22,10 +22,12 @@ import torch
 import model as model_lib
 from model.config import ConfigError
 from stability import metric_names as M
-from stability.checkpoint import load_latest, save_checkpoint
+from stability.checkpoint import save_checkpoint
 from stability.config import RunConfig, flatten, to_toml
 from stability.data import Batch, build_data
 from stability.dense import DenseWriter
+from stability.dist_checkpoint import find_latest, save_sharded
+from stability.distributed import data_parallel, resolve_device, shard_model
 from stability.loss import LossParts, fused_lm_loss
 from stability.optim import AdamW, SkipStep, clip_grad_norm_, param_groups
 from stability.presets import run_recipe_of
@@ -54,15 +56,6 @@ class RunResult:
     diverged_at_step: int | None
     run_id: str | None
     checkpoint_dir: str
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' requested but no CUDA device is available "
-                          "(allowed here: auto, cpu)")
-    return torch.device(name)
 
 
 def model_loss(model: model_lib.Transformer, input_ids: torch.Tensor, labels: torch.Tensor,
@@ -95,9 +88,11 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.resume = resume
-        self.progress = progress
+        # Data parallel under torchrun (stability.distributed), else None and a single process.
+        self.dist, self.device = data_parallel(cfg, resolve_device(cfg.train.device))
+        self.rank0 = self.dist is None or self.dist.is_rank0  # tracking, artifacts, progress bar
+        self.progress = progress and self.rank0
         self.on_read_out: Callable[[int, dict[str, float]], None] | None = None  # (step, last values)
-        self.device = resolve_device(cfg.train.device)
         model_lib.check_attention_backend(cfg.model.attention, self.device.type)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -109,11 +104,17 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
 
         seeds = derive_seeds(cfg.train.seed)
-        self.data = build_data(cfg.data, vocab_size=cfg.model.vocab_size,
-                               seq_len=cfg.train.seq_len, seed=seeds["data"], progress=progress)
+        with self.dist.rank0_first() if self.dist else contextlib.nullcontext():  # disk caches
+            self.data = build_data(cfg.data, vocab_size=cfg.model.vocab_size,
+                                   seq_len=cfg.train.seq_len, seed=seeds["data"], progress=self.progress)
         self.model = model_lib.build(cfg.model, generator=init_generator(cfg.train.seed))
         self.model.to(self.device)
-        self.probes = ProbeSession(self.model, cfg.probes)
+        self._init_growth: dict[str, float] | None = None
+        if self.dist is not None:  # FSDP2 (the growth probe needs the plain model: it runs first)
+            if self.rank0 and cfg.probes.enabled and cfg.tracking.enabled:
+                self._init_growth = self._growth()
+            shard_model(self.model, cfg)
+        self.probes = ProbeSession(self.model, cfg.probes, self.dist)
         self.params = self.probes.params
         o = cfg.optim
         self.optimizer = AdamW(param_groups(self.model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
@@ -129,7 +130,7 @@ class Trainer:
         self._buffer_rows = 0
         self._masked = 0  # labels masked by the n-gram filter since the last read-out
         self.dense_dir = self.ckpt_dir / "dense"
-        self.dense = DenseWriter(self.dense_dir) if cfg.probes.enabled else None
+        self.dense = DenseWriter(self.dense_dir) if cfg.probes.enabled and self.rank0 else None
         self._read_outs = 0
 
     # ------------------------------------------------------------------ one optimizer step
@@ -150,15 +151,26 @@ class Trainer:
     def train_step(self, step: int) -> None:
         """Forward, loss, backward, clip, (skip-)step at `step`; scalars stay on device."""
         cfg = self.cfg
-        batch = self.data.train_batch(step, cfg.train.batch_size).to(self.device)
+        batch = self.data.train_batch(step, cfg.train.batch_size)
         lr = lr_at(step, peak=cfg.optim.lr, total=cfg.train.steps, warmup=cfg.schedule.warmup_steps,
                    kind=cfg.schedule.kind, alpha_f=cfg.schedule.alpha_f)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         probe = self.probes.is_probe_step(step)
-        parts, hidden = self._forward_loss(batch, probe)
-        parts.loss.backward()
-        grad_norm, clip_coef, tensor_norms = clip_grad_norm_(self.params, cfg.optim.clip_grad_norm)
+        if self.dist is None:
+            batch = batch.to(self.device)
+            parts, hidden = self._forward_loss(batch, probe)
+            parts.loss.backward()
+            grad_norm, clip_coef, tensor_norms = clip_grad_norm_(self.params, cfg.optim.clip_grad_norm)
+        else:  # this rank's rows; loss, norms and clipping become the global batch's (one all-reduce)
+            local = self.dist.local_batch(batch)
+            parts, hidden = self._forward_loss(local.to(self.device), probe)
+            share = self.dist.loss_share(local, batch)
+            (parts.loss * share).backward()
+            reduce = self.dist.packed_sum(parts, share)
+            grad_norm, clip_coef, tensor_norms = clip_grad_norm_(self.params, cfg.optim.clip_grad_norm,
+                                                                 reduce)
+            parts, batch = reduce.global_parts(), batch.to(self.device)
         factor = self.skip(parts.loss, grad_norm) if self.skip is not None else None
         self.optimizer.step(factor)
         self.optimizer.zero_grad(set_to_none=True)
@@ -209,20 +221,22 @@ class Trainer:
         self.model.eval()
         total, count = torch.zeros((), device=self.device), 0
         for batch in self.data.val_batches(self.cfg.train.batch_size, self.cfg.train.eval_batches):
-            batch = batch.to(self.device)
+            batch = (batch if self.dist is None else self.dist.local_batch(batch)).to(self.device)
             n = int((batch.labels != -100).sum())
             total += self._forward_loss(batch)[0].ce * n
             count += n
+        if self.dist is not None:
+            total, count = self.dist.eval_sums(total, count)
         self.model.train()
         return float(total) / max(count, 1)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
+    def _state(self, weights: bool = True) -> dict[str, Any]:
         return {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+               if weights else {}),
             "skip_step": self.skip.state_dict() if self.skip else None,
             "spikes": self.probes.state_dict(),
             "rng_cpu": torch.get_rng_state(),
@@ -232,12 +246,17 @@ class Trainer:
         }
 
     def save(self) -> None:
-        save_checkpoint(self.ckpt_dir, self.step, self._state(), keep=self.cfg.train.keep_checkpoints)
+        keep = self.cfg.train.keep_checkpoints
+        if self.dist is None:
+            save_checkpoint(self.ckpt_dir, self.step, self._state(), keep=keep)
+        else:  # sharded (stability.dist_checkpoint), every rank
+            save_sharded(self.ckpt_dir, self.step, self.model, self.optimizer, self._state(False), keep)
 
     def _restore(self) -> bool:
-        state = load_latest(self.ckpt_dir, map_location=self.device)
-        if state is None:
+        found = find_latest(self.ckpt_dir, map_location=self.device)  # .pt or sharded: any ranks
+        if found is None:
             return False
+        state = found.state
         old, new = flatten(state["config"]), flatten(self.cfg.to_dict())
         changed = sorted(k for k in set(old) | set(new)
                          if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES
@@ -245,8 +264,7 @@ class Trainer:
         if changed:
             raise ConfigError(f"--resume: checkpoint in {self.ckpt_dir} was made with other values "
                               f"for {', '.join(changed)}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        found.load_weights(self.model, self.optimizer)
         if self.skip is not None and state["skip_step"] is not None:
             self.skip.load_state_dict(state["skip_step"])
         self.probes.load_state_dict(state.get("spikes"))
@@ -262,7 +280,7 @@ class Trainer:
     # ------------------------------------------------------------------ tracking
     def _start_tracking(self) -> None:
         t = self.cfg.tracking
-        if not t.enabled:
+        if not t.enabled or not self.rank0:
             return
         parent = {"mlflow.parentRunId": t.parent_run_id} if t.parent_run_id else {}
         self.tracker = Tracker(t.uri, t.experiment, self.run_name,
@@ -340,13 +358,16 @@ class Trainer:
         return RunResult(status, self.step, last.get(M.TRAIN_LOSS), eval_loss, diverged_at,
                          self.run_id, str(self.ckpt_dir))
 
-    def _log_growth(self) -> None:
-        """The growth exponents of the freshly initialised model (REFERENCE.md section 2), once."""
+    def _growth(self) -> dict[str, float]:
         batch = self.data.val_batches(self.cfg.train.batch_size, 1)[0].to(self.device)
         with self._autocast():
-            growth = growth_exponents(self.model, batch.input_ids, batch.labels,
-                                      doc_ids=self._doc_ids(batch))
+            return growth_exponents(self.model, batch.input_ids, batch.labels,
+                                    doc_ids=self._doc_ids(batch))
+
+    def _log_growth(self) -> None:
+        """The growth exponents of the freshly initialised model (REFERENCE.md section 2), once."""
         if self.tracker:
+            growth = self._init_growth or self._growth()
             self.tracker.log_metrics(0, {M.INIT_GROWTH_ACT: growth["act"],
                                          M.INIT_GROWTH_GRAD: growth["grad"]})
 

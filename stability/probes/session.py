@@ -4,6 +4,7 @@ read-out copies them all to the host in one transfer and names them (metric keys
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from torch import nn
 
 from stability import metric_names as M
 from stability.config import ProbesConfig
+from stability.distributed import DataParallel
 from stability.loss import LossParts
 from stability.probes.layout import param_layout
 from stability.probes.recorder import attn_layer_summary, attn_spec, probe_spec, step_spec
@@ -36,8 +38,9 @@ class ReadOut:
 class ProbeSession:
     """Owns the parameter layout, the row layouts and the spike monitor of one run."""
 
-    def __init__(self, model: nn.Module, cfg: ProbesConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: ProbesConfig, dp: DataParallel | None = None) -> None:
         self.cfg = cfg
+        self.dp = dp  # data parallel: sharded parameters, local activations (all-reduced here)
         self.layout = param_layout(model)
         n_layers, n_heads = self.layout.n_layers, model.cfg.n_heads
         self.step_spec = step_spec(n_layers)
@@ -76,17 +79,21 @@ class ProbeSession:
                    doc_ids: torch.Tensor | None) -> None:
         """Probe and attention rows for `step` (after the optimizer step), kept on device."""
         if self.is_probe_step(step) and hidden is not None:
-            g, pu = self._last_grads, param_update_stats(self.layout, optimizer)
+            dp = self.dp
+            g = self._last_grads
+            pu = param_update_stats(self.layout, optimizer, dp.sum_ if dp else None)
+            act = act_rms(hidden, dp.mean_ if dp else None)
             parts_norm = g["part_norm"]
             self._probe_rows.append((step, self.probe_spec.flatten(
                 g["layer_rms"], parts_norm[:, 0], parts_norm[:, 1], parts_norm[:, 2],
-                pu["param_norm"], pu["update_rms"], pu["eps_regime"], act_rms(hidden),
+                pu["param_norm"], pu["update_rms"], pu["eps_regime"], act,
                 g["embed_rms"], g["head_rms"], pu["embed_param_norm"], parts.logit_max_abs,
                 parts.logit_mean)))
         if self.is_attn_step(step):
-            rows = slice(0, self.cfg.attn_batch)
-            stats = attention_stats(model, input_ids[rows],
-                                    None if doc_ids is None else doc_ids[rows], self.layers)
+            rows = slice(0, self.cfg.attn_batch)  # of the global batch: every rank, same rows
+            with self.dp.unsharded(model) if self.dp else contextlib.nullcontext():
+                stats = attention_stats(model, input_ids[rows],
+                                        None if doc_ids is None else doc_ids[rows], self.layers)
             self._attn_rows.append((step, self.attn_spec.flatten(
                 stats["logit_max"], stats["entropy_mean"], stats["entropy_min"], stats["q_norm"],
                 stats["k_norm"])))

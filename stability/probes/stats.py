@@ -5,10 +5,13 @@ Named by `stability.metric_names` when read out (see `stability.probes.recorder`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from model.attention_backends import attention_logits
+from stability.distributed import local_tensor
 from stability.probes.layout import ParamLayout
 
 
@@ -32,7 +35,8 @@ def grad_stats(layout: ParamLayout, tensor_norms: list[torch.Tensor]) -> dict[st
 
 
 @torch.no_grad()
-def param_update_stats(layout: ParamLayout, optimizer: torch.optim.Optimizer
+def param_update_stats(layout: ParamLayout, optimizer: torch.optim.Optimizer,
+                       reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
                        ) -> dict[str, torch.Tensor]:
     """Per-layer parameter norms, RMS of the unscaled Adam update and the eps-regime share.
 
@@ -41,10 +45,12 @@ def param_update_stats(layout: ParamLayout, optimizer: torch.optim.Optimizer
     `sqrt(v_hat) < eps`, where eps dominates the denominator (Wortsman et al. 2023). Read from
     the optimizer state after the step. Returns `param_norm` [L], `embed_param_norm` (0-d),
     `update_rms` [L], `eps_regime` [L].
+    Sharded parameters: the sums run over the local shards and `reduce` sums the stacked
+    [3, P] sums over ranks (one all-reduce).
     """
     hyper = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     device = layout.params[0].device
-    p_sq = torch.stack([p.detach().float().square().sum() for p in layout.params])
+    p_sq = torch.stack([local_tensor(p.detach()).float().square().sum() for p in layout.params])
     u_sq = torch.zeros(len(layout.params), device=device)
     small = torch.zeros(len(layout.params), device=device)
     for i, p in enumerate(layout.params):
@@ -54,10 +60,12 @@ def param_update_stats(layout: ParamLayout, optimizer: torch.optim.Optimizer
         group = hyper[id(p)]
         b1, b2 = group["betas"]
         t = state["step"].float().clamp(min=1)
-        denom = (state["exp_avg_sq"].float() / (1 - b2**t)).sqrt()
-        update = state["exp_avg"].float() / (1 - b1**t) / (denom + group["eps"])
+        denom = (local_tensor(state["exp_avg_sq"]).float() / (1 - b2**t)).sqrt()
+        update = local_tensor(state["exp_avg"]).float() / (1 - b1**t) / (denom + group["eps"])
         u_sq[i] = update.square().sum()
         small[i] = (denom < group["eps"]).sum()
+    if reduce is not None:
+        p_sq, u_sq, small = reduce(torch.stack([p_sq, u_sq, small])).unbind()
     L = layout.n_layers
     numel = layout.layer_numel.to(device).clamp(min=1)
     return {
@@ -68,9 +76,13 @@ def param_update_stats(layout: ParamLayout, optimizer: torch.optim.Optimizer
     }
 
 
-def act_rms(hidden: list[torch.Tensor]) -> torch.Tensor:
-    """RMS of the residual stream after each block, [L]."""
-    return torch.stack([h.detach().float().square().mean().sqrt() for h in hidden])
+def act_rms(hidden: list[torch.Tensor],
+            mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """RMS of the residual stream after each block, [L]. Data parallel: `mean` averages the
+    stacked local mean squares over ranks (equal row counts; one all-reduce)."""
+    if mean is None:
+        return torch.stack([h.detach().float().square().mean().sqrt() for h in hidden])
+    return mean(torch.stack([h.detach().float().square().mean() for h in hidden])).sqrt()
 
 
 @torch.no_grad()
