@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.attention import Attention
 from model.config import ModelConfig
@@ -26,6 +27,10 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, rope: RotaryEmbedding | None = None) -> None:
         super().__init__()
         self.placement = cfg.block
+        # Recompute this block in backward instead of keeping its activations (train.activation_
+        # checkpointing); only while training with grad enabled. Inside forward, so FSDP's hooks
+        # on the block stay outside the checkpointed region.
+        self.checkpointing = False
         self.attn = Attention(cfg, rope)
         self.mlp = SwiGLU(cfg)
         self.attn_norm = build_norm(cfg.norm_type, cfg.d_model, cfg.norm_eps)
@@ -35,6 +40,11 @@ class Block(nn.Module):
             self.mlp_in_norm = build_norm(cfg.norm_type, cfg.d_model, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, doc_ids, use_reentrant=False)
+        return self._forward(x, doc_ids)
+
+    def _forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         attn = lambda y: self.attn(y, doc_ids)  # noqa: E731
         if self.placement == "pre_norm":
             h = x + attn(self.attn_norm(x))

@@ -96,6 +96,8 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     threads: int = 0  # torch CPU threads; 0: torch's default
+    compile: bool = False  # torch.compile each block (after FSDP sharding); probes stay eager
+    activation_checkpointing: bool = False  # recompute each block in backward (less memory)
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "device": ("auto", "cpu", "cuda"),

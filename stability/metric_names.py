@@ -13,6 +13,7 @@ TRAIN_Z_LOSS_RAW = "train/z_loss_raw"  # mean log^2 Z before the coefficient
 TRAIN_LR = "train/lr"
 TRAIN_TOKENS = "train/tokens"
 TRAIN_TOKENS_PER_S = "train/tokens_per_s"
+TRAIN_MFU = "train/mfu"  # model FLOP utilisation, 0..1 (CUDA devices with a known peak only)
 TRAIN_MASKED_TOKENS = "train/masked_tokens"  # labels removed by the repeated n-gram filter
 
 EVAL_LOSS = "eval/loss"  # held-out cross-entropy

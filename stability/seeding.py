@@ -32,7 +32,9 @@ def config_hash(cfg_dict: dict[str, Any]) -> str:
     """Content hash of a resolved config (without tracking), the identity of a run or grid cell."""
     content = {k: v for k, v in cfg_dict.items() if k != "tracking"}
     train = dict(content.get("train", {}))
-    for volatile in ("checkpoint_dir", "log_every", "keep_checkpoints", "threads"):
+    # how a run executes, not what it computes: the same cell with or without them
+    for volatile in ("checkpoint_dir", "log_every", "keep_checkpoints", "threads", "compile",
+                     "activation_checkpointing"):
         train.pop(volatile, None)
     content["train"] = train
     blob = json.dumps(content, sort_keys=True, default=str).encode()

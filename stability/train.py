@@ -23,11 +23,13 @@ import model as model_lib
 from model.config import ConfigError
 from stability import metric_names as M
 from stability.checkpoint import save_checkpoint
+from stability.compile import apply_train_options, eager
 from stability.config import RunConfig, flatten, to_toml
 from stability.data import Batch, build_data
 from stability.dense import DenseWriter
 from stability.dist_checkpoint import find_latest, save_sharded
 from stability.distributed import data_parallel, resolve_device, shard_model
+from stability.hardware import device_peak_flops, mfu
 from stability.loss import LossParts, fused_lm_loss
 from stability.optim import AdamW, SkipStep, clip_grad_norm_, param_groups
 from stability.presets import run_recipe_of
@@ -42,7 +44,8 @@ DENSE_FLUSH_READOUTS = 10  # a dense Parquet part every 10 read-outs (and at che
 # Keys that may differ between a checkpoint's config and the resuming one.
 _RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_batches", "train.log_every",
                       "train.checkpoint_every", "train.checkpoint_dir", "train.keep_checkpoints",
-                      "train.threads", "train.device")
+                      "train.threads", "train.device", "train.compile",
+                      "train.activation_checkpointing")
 
 
 @dataclass
@@ -102,6 +105,7 @@ class Trainer:
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.peak_flops = device_peak_flops(self.device, precision)  # None: no MFU (CPU, unknown)
 
         seeds = derive_seeds(cfg.train.seed)
         with self.dist.rank0_first() if self.dist else contextlib.nullcontext():  # disk caches
@@ -109,11 +113,13 @@ class Trainer:
                                    seq_len=cfg.train.seq_len, seed=seeds["data"], progress=self.progress)
         self.model = model_lib.build(cfg.model, generator=init_generator(cfg.train.seed))
         self.model.to(self.device)
+        self.flops_per_token = self.model.flops_per_token(cfg.train.seq_len)
         self._init_growth: dict[str, float] | None = None
         if self.dist is not None:  # FSDP2 (the growth probe needs the plain model: it runs first)
             if self.rank0 and cfg.probes.enabled and cfg.tracking.enabled:
                 self._init_growth = self._growth()
             shard_model(self.model, cfg)
+        apply_train_options(self.model, cfg.train.compile, cfg.train.activation_checkpointing)
         self.probes = ProbeSession(self.model, cfg.probes, self.dist)
         self.params = self.probes.params
         o = cfg.optim
@@ -177,8 +183,9 @@ class Trainer:
         skipped = 1.0 - factor if factor is not None else torch.zeros((), device=self.device)
         row = self.probes.step_row(parts, grad_norm, clip_coef, skipped, tensor_norms)
         self._buffer[self._buffer_rows].copy_(row)
-        self.probes.after_step(step, parts, hidden, self.optimizer, self.model, batch.input_ids,
-                               self._doc_ids(batch))
+        with eager(self.cfg.train.compile):
+            self.probes.after_step(step, parts, hidden, self.optimizer, self.model, batch.input_ids,
+                                   self._doc_ids(batch))
         self._buffer_rows += 1
         self.tokens_seen += batch.input_ids.numel()
         self._masked += batch.n_masked  # host-side count from the loader: no sync
@@ -200,6 +207,9 @@ class Trainer:
         last = dict(found.steps[-1][1]) if found.steps else {}
         n_tokens = self._buffer_rows * self.cfg.train.batch_size * self.cfg.train.seq_len
         last[M.TRAIN_TOKENS_PER_S] = n_tokens / max(elapsed, 1e-9)
+        if self.peak_flops:  # tokens/s is the global batch's: the peak is every rank's
+            last[M.TRAIN_MFU] = mfu(last[M.TRAIN_TOKENS_PER_S], self.flops_per_token, self.peak_flops,
+                                    self.dist.world_size if self.dist else 1)
         last[M.TRAIN_TOKENS] = float(self.tokens_seen)
         last[M.TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
         last[M.TRAIN_MASKED_TOKENS] = float(self._masked)
@@ -209,7 +219,8 @@ class Trainer:
         if self.tracker and found.first_bad is None:
             self.tracker.log_metrics(self._buffer_start + self._buffer_rows - 1, {
                 k: v for k, v in last.items()
-                if k in (M.TRAIN_TOKENS_PER_S, M.TRAIN_TOKENS, M.TRAIN_LR, M.TRAIN_MASKED_TOKENS)
+                if k in (M.TRAIN_TOKENS_PER_S, M.TRAIN_MFU, M.TRAIN_TOKENS, M.TRAIN_LR,
+                         M.TRAIN_MASKED_TOKENS)
                 or k.startswith("spike/")})
         self._buffer_start += self._buffer_rows
         self._buffer_rows = 0
@@ -331,6 +342,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{last[M.TRAIN_LOSS]:.3f}",
                                     gnorm=f"{last[M.GRAD_NORM]:.2f}",
                                     tok_s=f"{last[M.TRAIN_TOKENS_PER_S]:.0f}",
+                                    **({"mfu": f"{last[M.TRAIN_MFU]:.1%}"} if M.TRAIN_MFU in last else {}),
                                     spikes=int(last.get(M.SPIKE_COUNT, 0)))
                     if self.on_read_out is not None:
                         self.on_read_out(self.step, last)
@@ -360,7 +372,7 @@ class Trainer:
 
     def _growth(self) -> dict[str, float]:
         batch = self.data.val_batches(self.cfg.train.batch_size, 1)[0].to(self.device)
-        with self._autocast():
+        with self._autocast(), eager(self.cfg.train.compile):
             return growth_exponents(self.model, batch.input_ids, batch.labels,
                                     doc_ids=self._doc_ids(batch))
 
