@@ -384,7 +384,18 @@ def test_serve_rebuilds_while_running_then_stops(tmp_path):
         urllib.request.urlopen(url, timeout=2)
 
 
-def test_serve_stops_cleanly_on_ctrl_c(tmp_path):
+@pytest.fixture
+def ctrl_c_handler():
+    """Python's own Ctrl-C handler for the test: a background job (`cmd &` in a script, CI)
+    starts with SIGINT ignored, and then interrupt_main does nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_serve_stops_cleanly_on_ctrl_c(tmp_path, ctrl_c_handler):
     build, calls = _status_flipping_build(running_builds=10**6)
     urls: list[str] = []
 
