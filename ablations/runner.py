@@ -15,6 +15,7 @@ than one worker, the runner puts a private `mlflow server` on loopback in front 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -228,8 +229,6 @@ def _visible_gpus() -> list[str]:
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
