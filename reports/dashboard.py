@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 
 from reports import frames as F
 from reports.svg import Marker, Series, esc, line_chart
+from reports.tables import atomic_write_text
 from stability import metric_names as M
 
 CSS = """
@@ -64,18 +64,7 @@ def _hash(s: str) -> str:
     return hashlib.sha1(s.encode()).hexdigest()[:8]
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to a temporary file next to `path`, then `os.replace` it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+atomic_write = atomic_write_text  # the reports' one atomic text writer
 
 
 def fmt(v: object, digits: int = 4) -> str:

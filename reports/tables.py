@@ -229,11 +229,14 @@ def _check_fmt(fmt: str) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file next to `path`, then `os.replace` it into place."""
+    """Write `text` to a temporary file next to `path` (readable like any file: 0644), then
+    `os.replace` it into place, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
