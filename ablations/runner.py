@@ -23,9 +23,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ablations
-from ablations.grid_tracking import DONE, GridStore
+from ablations.grid_tracking import DONE, CellRun, GridStore
 from ablations.progress import GridProgress
 from ablations.spec import Cell, GridSpec
 from ablations.status import cell_statuses, counts
@@ -33,6 +34,9 @@ from ablations.worker import EXIT_BUSY, CellJob
 from model.config import ConfigError
 from stability.config import to_toml
 from stability.tracking_io import resolve_uri
+
+if TYPE_CHECKING:
+    from stability.tracking_server import LoopbackServer
 
 BACKENDS = ("local", "slurm", "submitit-local")
 POLL_S = 0.5
@@ -54,6 +58,29 @@ class Slot:
     proc: subprocess.Popen
     gpu: str | None
     started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class GridSession:
+    """A grid being run: the real store, the one workers write to (a loopback server in front of
+    a shared sqlite file, else the same), the parent run and what MLflow already had."""
+
+    store: GridStore
+    writer: GridStore
+    parent: str
+    existing: dict[str, CellRun]
+    todo: list[Cell]
+    results: dict[str, str]  # cell id -> status, the done ones first
+    server: LoopbackServer | None = None
+
+    def run_id(self, cell: Cell) -> str | None:
+        old = self.existing.get(cell.cell_id)
+        return old.run_id if old else None
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
 
 
 @dataclass
@@ -135,33 +162,43 @@ class LocalRunner:
         return Slot(cell, job, proc, gpu)
 
     # ------------------------------------------------------------------ the loop
-    def run(self) -> GridOutcome:
-        store = GridStore(self.uri, self.spec)  # creates the experiment on the real store first
+    def begin(self, shared_writers: bool) -> GridSession:
+        """Open the grid in MLflow (experiment created on the real store first, parent run, what is
+        done); with several writers on a sqlite file, start the loopback server they talk to."""
+        store = GridStore(self.uri, self.spec)
         parent = store.open_parent()
         existing = store.cell_runs()
-        done = {cid: run.status for cid, run in existing.items() if run.status in DONE}
-        todo: deque[Cell] = deque(c for c in self.cells if c.cell_id not in done)
-        results = {c.cell_id: done[c.cell_id] for c in self.cells if c.cell_id in done}
-        display = GridProgress(self.spec.name, self.cells, results, self.jobs, self.threads,
-                               enabled=self.progress)
-        server = None
-        worker_uri = self.uri
-        if self.uri.startswith("sqlite:") and todo and self.jobs > 1:
+        done = {c.cell_id: existing[c.cell_id].status for c in self.cells  # this spec's cells only
+                if c.cell_id in existing and existing[c.cell_id].status in DONE}
+        todo = [c for c in self.cells if c.cell_id not in done]
+        session = GridSession(store, store, parent, existing, todo, dict(done))
+        if self.uri.startswith("sqlite:") and todo and shared_writers:
             from stability.tracking_server import LoopbackServer
 
-            server = LoopbackServer(self.uri, self.runs_dir / "tracking-server.log")
-            worker_uri = server.start()
-            store_w = GridStore(worker_uri, self.spec)
-        else:
-            store_w = store
+            session.server = LoopbackServer(self.uri, self.runs_dir / "tracking-server.log")
+            session.writer = GridStore(session.server.start(), self.spec)
+        return session
+
+    def end(self, session: GridSession) -> GridOutcome:
+        """Stop the loopback server; count the cells from MLflow and close the parent run."""
+        session.stop_server()
+        final = counts(cell_statuses(self.spec, session.store, with_steps=False))
+        return GridOutcome(session.parent, final, session.store.close_parent(session.parent, final),
+                           session.results)
+
+    def run(self) -> GridOutcome:
+        g = self.begin(shared_writers=self.jobs > 1)
+        todo: deque[Cell] = deque(g.todo)
+        results = g.results
+        display = GridProgress(self.spec.name, self.cells, results, self.jobs, self.threads,
+                               enabled=self.progress)
         running: dict[str, Slot] = {}
         free_gpus = list(self.gpus)
         try:
             while todo or running:
                 while todo and len(running) < self.jobs:
                     cell = todo.popleft()
-                    old = existing.get(cell.cell_id)
-                    job = self.prepare(cell, store_w, parent, old.run_id if old else None, worker_uri)
+                    job = self.prepare(cell, g.writer, g.parent, g.run_id(cell), g.writer.uri)
                     gpu = free_gpus.pop(0) if free_gpus else None
                     running[cell.cell_id] = self.launch(cell, job, gpu)
                     display.started(cell)
@@ -172,7 +209,7 @@ class LocalRunner:
                     del running[cid]
                     if slot.gpu is not None:
                         free_gpus.append(slot.gpu)
-                    results[cid] = self._finish_cell(slot, rc, store_w)
+                    results[cid] = self._finish_cell(slot, rc, g.writer)
                     result = _read_json(Path(slot.job.cell_dir) / "result.json")
                     display.ended(slot.cell, results[cid], result)
                 display.update({cid: _read_json(Path(s.job.cell_dir) / "progress.json")
@@ -181,15 +218,10 @@ class LocalRunner:
         except BaseException:
             self._stop_workers(running)
             display.close()
-            if server is not None:
-                server.stop()
+            g.stop_server()
             raise
         display.close()
-        if server is not None:
-            server.stop()
-        final = counts(cell_statuses(self.spec, store, with_steps=False))
-        status = store.close_parent(parent, final)
-        return GridOutcome(parent, final, status, results)
+        return self.end(g)
 
     def _finish_cell(self, slot: Slot, rc: int, store: GridStore) -> str:
         result = _read_json(Path(slot.job.cell_dir) / "result.json")

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ablations.grid_tracking import DONE, GridStore
+from ablations.grid_tracking import DONE
 from ablations.progress import GridProgress
 from ablations.runner import GridOutcome, LocalRunner, _read_json
 from ablations.spec import GridSpec
-from ablations.status import cell_statuses, counts
 from ablations.worker import run_job
 from model.config import ConfigError
 from stability.config import parse_override
@@ -71,32 +70,18 @@ class SlurmRunner(LocalRunner):
         return executor
 
     def run(self) -> GridOutcome:
-        store = GridStore(self.uri, self.spec)
-        parent = store.open_parent()
-        existing = store.cell_runs()
-        done = {cid: run.status for cid, run in existing.items() if run.status in DONE}
-        todo = [c for c in self.cells if c.cell_id not in done]
-        results = dict(done)
-        display = GridProgress(self.spec.name, self.cells, results, len(todo), self.threads,
+        g = self.begin(shared_writers=True)
+        display = GridProgress(self.spec.name, self.cells, g.results, len(g.todo), self.threads,
                                enabled=self.progress)
-        server = None
-        worker_uri = self.uri
-        if self.uri.startswith("sqlite:") and todo:
-            from stability.tracking_server import LoopbackServer
-
-            server = LoopbackServer(self.uri, self.runs_dir / "tracking-server.log")
-            worker_uri = server.start()
-        store_w = GridStore(worker_uri, self.spec) if server else store
         try:
-            jobs = [self.prepare(c, store_w, parent, existing[c.cell_id].run_id if c.cell_id in existing
-                                 else None, worker_uri) for c in todo]
+            jobs = [self.prepare(c, g.writer, g.parent, g.run_id(c), g.writer.uri) for c in g.todo]
             handles = []
             if jobs:
                 paths = [str(Path(j.cell_dir) / "job.json") for j in jobs]
                 handles = self._executor().map_array(run_job, paths)
-            for cell in todo:
+            for cell in g.todo:
                 display.started(cell)
-            pending = dict(zip([c.cell_id for c in todo], zip(todo, jobs, handles)))
+            pending = {c.cell_id: (c, j, h) for c, j, h in zip(g.todo, jobs, handles)}
             while pending:
                 for cid, (cell, job, handle) in list(pending.items()):
                     if not handle.done():
@@ -107,17 +92,15 @@ class SlurmRunner(LocalRunner):
                     except Exception as exc:  # noqa: BLE001 - the task died: record it, go on
                         result = {"status": "failed", "error": (str(exc).strip().splitlines() or [""])[-1]}
                         if not (Path(job.cell_dir) / "result.json").exists():
-                            store_w.mark_failed(job.run_id, f"Slurm task {handle.job_id} ended "
-                                                            f"without a result:\n{exc}")
+                            g.writer.mark_failed(job.run_id, f"Slurm task {handle.job_id} ended "
+                                                             f"without a result:\n{exc}")
                     status = result.get("status")
-                    results[cid] = status if status in (*DONE, "failed", "busy") else "failed"
-                    display.ended(cell, results[cid], result)
+                    g.results[cid] = status if status in (*DONE, "failed", "busy") else "failed"
+                    display.ended(cell, g.results[cid], result)
                 display.update({cid: _read_json(Path(job.cell_dir) / "progress.json")
                                 for cid, (_, job, _) in pending.items()})
                 time.sleep(POLL_S if not self.local else 0.5)
         finally:
             display.close()
-            if server is not None:
-                server.stop()
-        final = counts(cell_statuses(self.spec, store, with_steps=False))
-        return GridOutcome(parent, final, store.close_parent(parent, final), results)
+            g.stop_server()
+        return self.end(g)
