@@ -41,10 +41,11 @@ def ours_step_fn(model, cfg: OptimConfig, z_loss: float):
 
 
 def hf_step_fn(hf, cfg: OptimConfig):
-    """The usual HF training step: loss from the model, clip_grad_norm_, torch AdamW."""
+    """The usual HF training step: loss from the model, clip_grad_norm_, torch's fused AdamW
+    (`adamw_torch_fused`, the HF Trainer's default optimizer with torch >= 2.8)."""
     params = list(hf.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                            weight_decay=cfg.weight_decay)
+                            weight_decay=cfg.weight_decay, fused=True)
 
     def step(input_ids, labels):
         out = hf(input_ids=input_ids, labels=labels)

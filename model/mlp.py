@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.config import ModelConfig
+from model.fused import swiglu
 
 
 class SwiGLU(nn.Module):
@@ -28,5 +28,4 @@ class SwiGLU(nn.Module):
         return self.gate_up_proj.weight[self.hidden :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(swiglu(self.gate_up_proj(x)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.fused import rotary
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """[x1, x2] -> [-x2, x1], halves taken over the last dim."""
@@ -54,9 +56,8 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Rotate `x` of shape [B, T, H, hd]; the maths is done in fp32, result in x's dtype."""
         cos, sin = self.tables(positions, x.shape[1])
-        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
-        xf = x.float()
-        return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+        half = self.head_dim // 2  # the tables repeat over the two halves
+        return rotary(x, cos[..., None, :half], sin[..., None, :half])  # broadcast over heads
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_seq_len={self.max_seq_len}, theta={self.theta}"

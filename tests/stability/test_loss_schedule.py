@@ -134,3 +134,35 @@ def test_fused_log_z_equals_logsumexp():
     x = (hidden @ weight.T).double().numpy()
     expected = np.log(np.exp(x).sum(-1))
     np.testing.assert_allclose(parts.log_z.numpy(), expected, rtol=1e-5)
+
+
+def test_fused_loss_hidden_only_and_plain_backward_match_the_logits_path():
+    """weight without grad (probe passes) skips its product; a unit upstream gradient (the
+    buffers handed on as they are) gives the same grads as the explicit logits path."""
+    from stability.loss import fused_lm_loss
+
+    torch.manual_seed(5)
+    hidden = torch.randn(4, 6, 8, requires_grad=True)
+    weight = torch.randn(13, 8) * 0.5
+    labels = torch.randint(0, 13, (4, 6))
+    fused_lm_loss(hidden, weight, labels, 1e-3, chunk_rows=5).loss.backward()
+    g_frozen = hidden.grad.clone()
+    hidden.grad = None
+    weight.requires_grad_(True)
+    fused_lm_loss(hidden, weight, labels, 1e-3, chunk_rows=5).loss.backward()
+    g_h, g_w = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    lm_loss(hidden @ weight.T, labels, 1e-3).loss.backward()
+    torch.testing.assert_close(g_frozen, hidden.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_h, hidden.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_w, weight.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_loss_second_backward_is_a_clear_error():
+    from stability.loss import fused_lm_loss
+
+    hidden = torch.randn(3, 4, requires_grad=True)
+    loss = fused_lm_loss(hidden, torch.randn(5, 4), torch.randint(0, 5, (3,)), 0.0).loss
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
