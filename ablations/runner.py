@@ -7,7 +7,8 @@ into the same MLflow run (its child run is created before its worker starts, so 
 before its first checkpoint has one run). The tracker never logs a step twice into a resumed run.
 
 Local backend: one worker process per cell (`python -m ablations.worker`), at most `jobs` at once,
-CPU threads split between them (one GPU per worker where there are GPUs). A worker dies with the
+CPU threads split between them, `resources.gpus` GPUs per cell where there are GPUs (default one);
+a cell with several ranks runs them under torchrun inside its worker. A worker dies with the
 runner (PDEATHSIG) and holds a lock on its cell folder. With an embedded sqlite store and more
 than one worker, the runner puts a private `mlflow server` on loopback in front of the file
 (`stability.tracking_server`), so parallel writers never hit "database is locked".
@@ -30,7 +31,7 @@ from ablations.grid_tracking import DONE, CellRun, GridStore
 from ablations.progress import GridProgress
 from ablations.spec import Cell, GridSpec
 from ablations.status import cell_statuses, counts
-from ablations.worker import EXIT_BUSY, CellJob
+from ablations.worker import EXIT_BUSY, CellJob, log_tail
 from model.config import ConfigError
 from stability.config import to_toml
 from stability.tracking_io import resolve_uri
@@ -56,7 +57,7 @@ class Slot:
     cell: Cell
     job: CellJob
     proc: subprocess.Popen
-    gpu: str | None
+    gpus: list[str]
     started: float = field(default_factory=time.monotonic)
 
 
@@ -99,10 +100,16 @@ def default_jobs(spec: GridSpec, n_gpus: int) -> int:
     return max(1, (os.cpu_count() or 1) // cpus) if cpus else 1
 
 
-def check_resources(spec: GridSpec) -> None:
-    if int(spec.resources.get("gpus", 0) or 0) > 1:
-        raise ConfigError("resources.gpus: one GPU per cell for now (data-parallel cells need the "
-                          "FSDP path); allowed: 0 or 1")
+def gpus_per_cell(spec: GridSpec) -> int:
+    return int(spec.resources.get("gpus", 0) or 0)
+
+
+def check_resources(spec: GridSpec, visible_gpus: list[str]) -> None:
+    """A cell must fit on this machine: no more GPUs per cell than are visible."""
+    want = gpus_per_cell(spec)
+    if visible_gpus and want > len(visible_gpus):
+        raise ConfigError(f"resources.gpus: {want} per cell, but this machine shows "
+                          f"{len(visible_gpus)} ({','.join(visible_gpus)})")
 
 
 class LocalRunner:
@@ -110,17 +117,20 @@ class LocalRunner:
 
     def __init__(self, spec: GridSpec, *, jobs: int | None = None, tracking_uri: str | None = None,
                  runs_dir: str | Path = "runs", progress: bool = True) -> None:
-        check_resources(spec)
         self.spec = spec
         self.cells = spec.cells()
         self.uri = absolute_uri(resolve_uri(tracking_uri))
         self.runs_dir = Path(runs_dir).resolve() / spec.name
         self.gpus = _visible_gpus()
+        self.check_resources()
         self.jobs = jobs or default_jobs(spec, len(self.gpus))
         cpus = os.cpu_count() or 1
         self.threads = int(spec.resources.get("cpus", 0) or 0) if jobs is None else 0
         self.threads = self.threads or max(1, cpus // self.jobs)
         self.progress = progress
+
+    def check_resources(self) -> None:
+        check_resources(self.spec, self.gpus)
 
     # ------------------------------------------------------------------ preparing cells
     def cell_dir(self, cell: Cell) -> Path:
@@ -137,19 +147,19 @@ class LocalRunner:
         else:
             store.client.set_tag(run_id, "status", "running")
         job = CellJob(cell.cell_id, cell.arm, cell.seed, cell.lr, run_id, parent_run_id, worker_uri,
-                      self.threads, str(d))
+                      self.threads, str(d), ranks=self.spec.ranks)
         job.write(d / "job.json")
         (d / "progress.json").unlink(missing_ok=True)
         return job
 
-    def launch(self, cell: Cell, job: CellJob, gpu: str | None) -> Slot:
+    def launch(self, cell: Cell, job: CellJob, gpus: list[str]) -> Slot:
         env = dict(os.environ)
         root = str(Path(ablations.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(job.threads)
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         elif self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""
         log = open(Path(job.cell_dir) / "worker.log", "ab")  # noqa: SIM115 - the child owns it
@@ -159,7 +169,7 @@ class LocalRunner:
                                     env=env)
         finally:
             log.close()
-        return Slot(cell, job, proc, gpu)
+        return Slot(cell, job, proc, gpus)
 
     # ------------------------------------------------------------------ the loop
     def begin(self, shared_writers: bool) -> GridSession:
@@ -194,21 +204,21 @@ class LocalRunner:
                                enabled=self.progress)
         running: dict[str, Slot] = {}
         free_gpus = list(self.gpus)
+        take = max(1, gpus_per_cell(self.spec)) if self.gpus else 0  # GPUs a cell gets
         try:
             while todo or running:
-                while todo and len(running) < self.jobs:
+                while todo and len(running) < self.jobs and len(free_gpus) >= take:
                     cell = todo.popleft()
                     job = self.prepare(cell, g.writer, g.parent, g.run_id(cell), g.writer.uri)
-                    gpu = free_gpus.pop(0) if free_gpus else None
-                    running[cell.cell_id] = self.launch(cell, job, gpu)
+                    gpus, free_gpus = free_gpus[:take], free_gpus[take:]
+                    running[cell.cell_id] = self.launch(cell, job, gpus)
                     display.started(cell)
                 for cid, slot in list(running.items()):
                     rc = slot.proc.poll()
                     if rc is None:
                         continue
                     del running[cid]
-                    if slot.gpu is not None:
-                        free_gpus.append(slot.gpu)
+                    free_gpus.extend(slot.gpus)
                     results[cid] = self._finish_cell(slot, rc, g.writer)
                     result = _read_json(Path(slot.job.cell_dir) / "result.json")
                     display.ended(slot.cell, results[cid], result)
@@ -231,7 +241,7 @@ class LocalRunner:
         if status in DONE:
             return status
         if status != "failed":  # killed, segfault, out of memory: the worker could not say
-            tail = _tail(Path(slot.job.cell_dir) / "worker.log")
+            tail = log_tail(Path(slot.job.cell_dir) / "worker.log")
             store.mark_failed(slot.job.run_id, f"worker exited with code {rc} and no result\n\n{tail}")
         return "failed"
 
@@ -265,10 +275,3 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _tail(path: Path, n: int = 6000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return "(no worker log)"

@@ -52,6 +52,9 @@ class SlurmRunner(LocalRunner):
                                   f"reaches (http://host:port), not {self.uri}")
         self.threads = int(spec.resources.get("cpus", 0) or 0) or self.threads
 
+    def check_resources(self) -> None:
+        """Nothing to check here: Slurm places each task on a node with `gpus` GPUs."""
+
     def _executor(self):
         import submitit
 

@@ -12,8 +12,10 @@ A spec (files in `ablations/grids/`)::
     train.steps = 300
     [budget]                  # optional: steps = N or tokens = N
     steps = 300
-    [resources]               # optional, per cell, for the runner: cpus, gpus, mem_gb, time_min
-    cpus = 1
+    [resources]               # optional, per cell: cpus, gpus, ranks, mem_gb, time_min
+    cpus = 1                  # CPU threads of the cell (all its ranks together)
+    gpus = 0                  # GPUs of the cell; more than one: one data-parallel rank on each
+    ranks = 1                 # data-parallel processes (torchrun, FSDP2); default max(1, gpus)
     [arms.olmo2]              # an arm: RunConfig overrides (may be empty)
     [arms.no_qk_norm]
     model.qk_norm = "none"
@@ -57,6 +59,7 @@ BUDGET_KEYS = ("steps", "tokens")
 RESOURCE_KEYS: dict[str, tuple[type, float, bool]] = {
     "cpus": (int, 1, True),
     "gpus": (int, 0, True),
+    "ranks": (int, 1, True),
     "mem_gb": (float, 0, False),
     "time_min": (float, 0, False),
 }
@@ -132,6 +135,11 @@ class GridSpec:
     resources: dict[str, float] = field(default_factory=dict)
     path: str = ""  # the file it was read from ("" = built in memory)
 
+    @property
+    def ranks(self) -> int:
+        """Data-parallel processes per cell: `resources.ranks`, else one per GPU, else 1."""
+        return int(self.resources.get("ranks") or max(1, int(self.resources.get("gpus", 0) or 0)))
+
     # ------------------------------------------------------------------ resolution
 
     def _base_config(self) -> RunConfig:
@@ -179,6 +187,10 @@ class GridSpec:
                         cfg.validate()
                     except ConfigError as exc:
                         raise self._place_error(exc, arm, seed, lr) from None
+                    if cfg.train.batch_size % self.ranks:
+                        raise ConfigError(f"resources.ranks: {self.ranks} ranks do not divide "
+                                          f"train.batch_size {cfg.train.batch_size} of arm {arm!r} "
+                                          f"(the batch is global, split across the ranks)")
                     cid = config_hash(cfg.to_dict())[:CELL_ID_LEN]
                     out.append(Cell(arm=arm, seed=seed, lr=cfg.optim.lr, cell_id=cid, config=cfg))
         self._check_distinct(out)
@@ -322,6 +334,10 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
             kind = "an integer" if tp is int else "a number"
             bound = f">= {low}" if inclusive else f"> {low}"
             raise ConfigError(f"resources.{key}: expected {kind} {bound}, got {value!r}")
+    gpus = resources.get("gpus", 0)
+    if gpus and "ranks" in resources and resources["ranks"] != gpus:
+        raise ConfigError(f"resources.ranks: with GPUs each rank has one, so ranks must equal gpus "
+                          f"({gpus}), got {resources['ranks']}")
 
     owned = _grid_owned(lrs is not None, bool(budget))
     base = _table(data, "base")

@@ -1,6 +1,11 @@
 """Run one grid cell: `python -m ablations.worker CELL_DIR/job.json` (local pool) or
 `run_job(path)` (inside a Slurm task through submitit). Same code on both paths.
 
+A cell with several data-parallel ranks (`resources.ranks` or `gpus` > 1): `run_job` holds the
+cell's lock and launches `torchrun --standalone --nproc_per_node N -m ablations.worker job.json`
+in the same task; every rank trains its share (stability.distributed), rank 0 writes progress and
+its result (`rank0_result.json`), a crashing rank leaves `traceback.rank<R>.txt`.
+
 The cell folder (`runs/<grid>/<cell id>/`) holds `job.json` (what to run, written by the runner),
 `config.toml` (the resolved config), the checkpoints, `progress.json` (rewritten at every read-out:
 the runner's display reads it), `result.json` (written last) and `traceback.txt` when it crashed.
@@ -14,6 +19,7 @@ import fcntl
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -36,8 +42,9 @@ class CellJob:
     run_id: str
     parent_run_id: str
     uri: str
-    threads: int = 0
+    threads: int = 0  # CPU threads of the cell, all its ranks together
     cell_dir: str = ""
+    ranks: int = 1  # data-parallel processes
 
     def write(self, path: Path) -> None:
         _write_json(path, asdict(self))
@@ -118,7 +125,7 @@ def run_job(job_path: str | Path) -> dict[str, Any]:
             return {"status": "busy", "cell": job.cell_id}
         (cell_dir / "result.json").unlink(missing_ok=True)
         try:
-            result = _train(job, cell_dir)
+            result = _train_ranks(job, cell_dir) if job.ranks > 1 else _train(job, cell_dir)
         except Exception:  # noqa: BLE001 - any crash is this cell's result, not the grid's
             text = traceback.format_exc()
             _record_failure(job, cell_dir, text)
@@ -128,28 +135,95 @@ def run_job(job_path: str | Path) -> dict[str, Any]:
         return result
 
 
+def _rank_threads(job: CellJob) -> int:
+    """This process's CPU threads: the cell's share per rank (0 = torch's default)."""
+    return max(1, job.threads // job.ranks) if job.threads else 0
+
+
 def _train(job: CellJob, cell_dir: Path) -> dict[str, Any]:
+    """Train the cell in this process: the whole cell, or one rank of it under torchrun."""
     import torch
 
     from stability.checkpoint import list_checkpoints
     from stability.config import load_config
+    from stability.dist_checkpoint import list_sharded
     from stability.train import Trainer
 
-    if job.threads:
-        torch.set_num_threads(job.threads)
+    threads = _rank_threads(job)
+    if threads:
+        torch.set_num_threads(threads)
     cfg = load_config(None, str(cell_dir / "config.toml"))
     cfg.tracking.uri = job.uri
     cfg.tracking.run_id = job.run_id
     cfg.tracking.parent_run_id = job.parent_run_id
     cfg.tracking.arm = job.arm
     cfg.train.checkpoint_dir = str(cell_dir)
-    cfg.train.threads = job.threads
-    trainer = Trainer(cfg, resume=bool(list_checkpoints(cell_dir)), progress=False)
-    trainer.on_read_out = _progress_writer(cell_dir / "progress.json", cfg.train.steps)
+    cfg.train.threads = threads
+    resume = bool(list_checkpoints(cell_dir) or list_sharded(cell_dir))
+    trainer = Trainer(cfg, resume=resume, progress=False)
+    if trainer.rank0:
+        trainer.on_read_out = _progress_writer(cell_dir / "progress.json", cfg.train.steps)
     res = trainer.run()
     return {"status": res.status, "cell": job.cell_id, "run_id": res.run_id, "steps": res.steps,
             "train_loss": res.final_loss, "eval_loss": res.eval_loss,
             "diverged_at_step": res.diverged_at_step}
+
+
+def _train_ranks(job: CellJob, cell_dir: Path) -> dict[str, Any]:
+    """Run the cell's ranks under torchrun in this task and wait; rank 0's result, or the cell
+    recorded failed with the ranks' tracebacks (or the launcher's output) when there is none."""
+    rank_result = cell_dir / "rank0_result.json"
+    for stale in (rank_result, *cell_dir.glob("traceback.rank*.txt")):
+        stale.unlink(missing_ok=True)
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(_rank_threads(job) or 1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           f"--nproc_per_node={job.ranks}", "-m", "ablations.worker",
+           str(cell_dir / "job.json")]
+    log_path = cell_dir / "ranks.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env)
+        try:
+            rc = proc.wait()
+        except BaseException:  # stopped (SIGTERM / Ctrl-C): torchrun passes it on to the ranks
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    if rc == 0 and rank_result.exists():
+        return json.loads(rank_result.read_text())
+    texts = [p.read_text() for p in sorted(cell_dir.glob("traceback.rank*.txt"))]
+    text = "\n".join(texts) or f"torchrun exited with code {rc}\n\n{log_tail(log_path)}"
+    _record_failure(job, cell_dir, text)
+    return {"status": "failed", "cell": job.cell_id, "run_id": job.run_id,
+            "error": text.strip().splitlines()[-1] if text.strip() else f"exit code {rc}"}
+
+
+def log_tail(path: Path, n: int = 6000) -> str:
+    """The last `n` characters of a log file (for failure records)."""
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return f"(no {path.name})"
+
+
+def _rank_main(job_path: str) -> int:
+    """One rank of a multi-rank cell (started by torchrun from `_train_ranks`)."""
+    job = CellJob.read(job_path)
+    cell_dir = Path(job.cell_dir or Path(job_path).parent)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        result = _train(job, cell_dir)
+    except Exception:  # noqa: BLE001 - the launcher records the cell failed from this file
+        (cell_dir / f"traceback.rank{rank}.txt").write_text(f"rank {rank}:\n{traceback.format_exc()}")
+        return 1
+    if rank == 0:
+        _write_json(cell_dir / "rank0_result.json", result)
+    return 0
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -163,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     die_with_parent()
     signal.signal(signal.SIGTERM, _interrupt)  # the runner stopping: end the run cleanly
+    from stability.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        return _rank_main(args[0])
     result = run_job(args[0])
     if result["status"] == "busy":
         print(f"cell {result['cell']} is being run by another process", file=sys.stderr)
