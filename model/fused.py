@@ -5,6 +5,9 @@ shapes (a few hundred KiB per tensor) that dispatch and the fresh allocations, n
 are most of the cost. Each function here does its maths in fp32 (fp64 inputs stay fp64, for
 gradcheck), saves what its backward needs and writes its gradient in a handful of kernels.
 `tests/model/test_model_fused.py` checks them with `gradcheck` and against the composite formulas.
+
+Inside `torch.compile` (train.compile) each function is its composite formula instead: inductor
+fuses that into one kernel itself and needs no hand-written backward.
 """
 
 from __future__ import annotations
@@ -58,9 +61,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     On CPU through `_RMSNormCPU` (torch has a fused CPU forward but a composite backward);
     elsewhere torch's own `rms_norm` (fused both ways on CUDA).
     """
-    if x.device.type == "cpu" and torch.is_grad_enabled():
+    if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return _RMSNormCPU.apply(x, weight, eps)
-    return F.rms_norm(x.float(), weight.shape, weight.float(), eps).to(x.dtype)
+    dtype = _maths_dtype(x)
+    return F.rms_norm(x.to(dtype), weight.shape, weight.to(dtype), eps).to(x.dtype)
 
 
 class _Rotary(torch.autograd.Function):
@@ -98,6 +102,10 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate `x` [..., T, H, hd] by half tables `cos`, `sin` [..., T, 1, hd/2] (fp32 maths)."""
+    if torch.compiler.is_compiling():
+        xf = x.to(_maths_dtype(x))
+        x1, x2 = xf.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
     return _Rotary.apply(x, cos, sin)
 
 
@@ -128,4 +136,7 @@ class _SwiGLU(torch.autograd.Function):
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """`silu(gate) * up` where `gate_up` holds gate then up on its last dim."""
+    if torch.compiler.is_compiling():
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
     return _SwiGLU.apply(gate_up)

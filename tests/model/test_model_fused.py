@@ -91,3 +91,20 @@ def test_swiglu_matches_composite_and_gradcheck():
     torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-6)
     x = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(swiglu, (x,))
+
+
+def test_composite_forms_used_under_torch_compile_agree(monkeypatch):
+    """Inside torch.compile the functions are their composite formulas: same values and grads."""
+    rope = RotaryEmbedding(16, 32, 10_000.0)
+    cos, sin = _half_tables(rope, None, 6)
+    cases = [(lambda a, b: rms_norm(a, b, 1e-6), (torch.randn(2, 6, 16), torch.randn(16))),
+             (lambda a: rotary(a, cos, sin), (torch.randn(2, 6, 3, 16),)),
+             (swiglu, (torch.randn(2, 6, 20),))]
+    for fn, inputs in cases:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+        out, grads = _grads(fn, *inputs)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        ref, ref_grads = _grads(fn, *inputs)
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
