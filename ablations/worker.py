@@ -183,8 +183,9 @@ def _train_ranks(job: CellJob, cell_dir: Path) -> dict[str, Any]:
            str(cell_dir / "job.json")]
     log_path = cell_dir / "ranks.log"
     with open(log_path, "ab") as log:
+        # torchrun dies with this worker (which dies with the runner), its ranks die with it
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env)
+                                env=env, preexec_fn=die_with_parent)
         try:
             rc = proc.wait()
         except BaseException:  # stopped (SIGTERM / Ctrl-C): torchrun passes it on to the ranks

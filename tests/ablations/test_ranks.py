@@ -4,6 +4,8 @@ crashing multi-rank cell is recorded failed with its rank's traceback."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch.distributed as dist
 from mlflow.tracking import MlflowClient
@@ -85,3 +87,66 @@ def test_crashing_multi_rank_cell_is_recorded_failed(tmp_path):
 def test_rank_resources_are_checked_before_anything_runs(resources, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _spec("ranks_check", resources).cells()
+
+
+@pytest.mark.slow  # ~60 s: a 2-rank cell killed mid-run, then resumed from its sharded checkpoint
+def test_killed_multi_rank_cell_resumes_from_its_sharded_checkpoint(tmp_path):
+    """kill -9 of the runner: worker, torchrun and ranks all die (PDEATHSIG down the chain); the
+    rerun resumes the cell from its step_N.dcp checkpoint into the same run, each step once."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps = 40
+    spec_file = tmp_path / "kr.toml"
+    spec_file.write_text(f"""
+name = "kill_ranks"
+preset = "olmo2-tiny"
+baseline = "a"
+seeds = [0]
+[base]
+train.log_every = 1
+train.checkpoint_every = 10
+train.eval_every = 0
+train.batch_size = 4
+data.max_bytes = 300000
+[budget]
+steps = {steps}
+[resources]
+cpus = 2
+ranks = 2
+[arms.a]
+""")
+    cmd = [sys.executable, "-m", "stability", "grid", "run", str(spec_file), "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    grid_dir = tmp_path / "runs" / "kill_ranks"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        progress = list(grid_dir.glob("*/progress.json")) if grid_dir.exists() else []
+        step = json.loads(progress[0].read_text()).get("step", 0) if progress else 0
+        if 15 <= step < steps - 5 and list(grid_dir.glob("*/step_*.dcp")):
+            break
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.1)
+    else:
+        pytest.fail("the cell never got going")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.0)
+    ranks_alive = subprocess.run(["pgrep", "-f", f"ablations.worker {grid_dir}"],
+                                 capture_output=True, text=True).stdout.split()
+    assert ranks_alive == [], "ranks outlived the runner"
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("kill_ranks").experiment_id])
+    (cell,) = [r for r in runs if r.data.tags.get("stability.role") != "grid"]
+    assert cell.data.tags["status"] == "finished" and cell.data.tags["ranks"] == "2"
+    assert int(cell.data.tags["resumed_at_step"]) >= 10
+    logged = [m.step for m in client.get_metric_history(cell.info.run_id, "train/loss")]
+    assert sorted(logged) == list(range(steps))
