@@ -4,8 +4,6 @@ crashing multi-rank cell is recorded failed with its rank's traceback."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch.distributed as dist
 from mlflow.tracking import MlflowClient
@@ -97,8 +95,9 @@ def test_killed_multi_rank_cell_resumes_from_its_sharded_checkpoint(tmp_path):
     import os
     import signal
     import subprocess
-    import sys
     import time
+
+    from tests.ablations.helpers import grid_cli, wait_until
 
     steps = 40
     spec_file = tmp_path / "kr.toml"
@@ -120,29 +119,25 @@ cpus = 2
 ranks = 2
 [arms.a]
 """)
-    cmd = [sys.executable, "-m", "stability", "grid", "run", str(spec_file), "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    args = ("grid", "run", str(spec_file), "--no-progress")
+    proc = grid_cli(*args, cwd=tmp_path)
     grid_dir = tmp_path / "runs" / "kill_ranks"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+
+    def midway_with_a_checkpoint() -> bool:
         progress = list(grid_dir.glob("*/progress.json")) if grid_dir.exists() else []
         step = json.loads(progress[0].read_text()).get("step", 0) if progress else 0
-        if 15 <= step < steps - 5 and list(grid_dir.glob("*/step_*.dcp")):
-            break
-        assert proc.poll() is None, proc.communicate()[0]
-        time.sleep(0.1)
-    else:
-        pytest.fail("the cell never got going")
+        return 15 <= step < steps - 5 and bool(list(grid_dir.glob("*/step_*.dcp")))
+
+    wait_until(proc, midway_with_a_checkpoint, 240, "the cell past step 15 with a checkpoint")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(2.0)
     ranks_alive = subprocess.run(["pgrep", "-f", f"ablations.worker {grid_dir}"],
                                  capture_output=True, text=True).stdout.split()
     assert ranks_alive == [], "ranks outlived the runner"
-    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    rerun = grid_cli(*args, cwd=tmp_path)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("kill_ranks").experiment_id])
     (cell,) = [r for r in runs if r.data.tags.get("stability.role") != "grid"]

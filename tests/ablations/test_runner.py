@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from ablations.grid_tracking import GridStore
 from ablations.runner import LocalRunner
 from ablations.spec import parse_spec
 from ablations.status import cell_statuses, format_matrix
+from tests.ablations.helpers import grid_cli, wait_until
 
 STEPS = 20
 LOG_EVERY = 5
@@ -100,12 +99,6 @@ def test_rerun_skips_finished_cells(parallel_grid):
     assert len(runs) == 5  # the parent and the four cells: nothing new
 
 
-def _cli(*args: str, cwd: Path, **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    return subprocess.Popen([sys.executable, "-m", "stability", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
 def _write_spec(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -126,7 +119,7 @@ steps = 10
 [arms.broken]
 data.corpus = "{tmp_path}/no_such_corpus.txt"
 """)
-    proc = _cli("grid", "run", str(spec_file), "--jobs", "2", "--no-progress", cwd=tmp_path)
+    proc = grid_cli("grid", "run", str(spec_file), "--jobs", "2", "--no-progress", cwd=tmp_path)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 1, out
     assert "grid fail: failed (1 finished, 1 failed)" in out
@@ -138,7 +131,7 @@ data.corpus = "{tmp_path}/no_such_corpus.txt"
     trace = Path(client.download_artifacts(broken.info.run_id, "traceback.txt", str(tmp_path))).read_text()
     assert "no_such_corpus" in trace and "Traceback" in trace
     assert by_arm[None].data.tags["status"] == "failed"  # the parent: not every cell is a result
-    status = _cli("grid", "status", str(spec_file), cwd=tmp_path)
+    status = grid_cli("grid", "status", str(spec_file), cwd=tmp_path)
     text, _ = status.communicate(timeout=120)
     assert "FAILED" in text and "ok " in text, text
 
@@ -172,25 +165,22 @@ steps = {steps}
 [arms.b]
 model.qk_norm = "none"
 """)
-    proc = _cli("grid", "run", str(spec_file), "--jobs", "2", "--no-progress", cwd=tmp_path)
+    proc = grid_cli("grid", "run", str(spec_file), "--jobs", "2", "--no-progress", cwd=tmp_path)
     grid_dir = tmp_path / "runs" / "kill"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+
+    def both_cells_midway() -> bool:
         dirs = [d for d in grid_dir.glob("*") if d.is_dir()] if grid_dir.exists() else []
         got = _progress_steps(dirs)
-        if len(dirs) == 2 and min(got) >= 15 and max(got) < steps:
-            break
-        assert proc.poll() is None, proc.communicate()[0]
-        time.sleep(0.1)
-    else:
-        pytest.fail("the cells never got going")
+        return len(dirs) == 2 and min(got) >= 15 and max(got) < steps
+
+    wait_until(proc, both_cells_midway, 240, "both cells past step 15")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(1.0)  # PDEATHSIG: the workers are gone
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     _, runs = _runs(uri, "kill")
     assert {r.data.tags.get("status") for r in runs} == {"running"}
-    rerun = _cli("grid", "run", str(spec_file), "--jobs", "2", "--no-progress", cwd=tmp_path)
+    rerun = grid_cli("grid", "run", str(spec_file), "--jobs", "2", "--no-progress", cwd=tmp_path)
     out, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out
     client, runs = _runs(uri, "kill")
@@ -219,7 +209,8 @@ cpus = 1
 time_min = 10
 [arms.a]
 """)
-    proc = _cli("grid", "run", str(spec_file), "--backend", "submitit-local", "--no-progress", cwd=tmp_path)
+    proc = grid_cli("grid", "run", str(spec_file), "--backend", "submitit-local", "--no-progress",
+                    cwd=tmp_path)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     client, runs = _runs(f"sqlite:///{tmp_path}/mlflow.db", "slurmish")
