@@ -108,3 +108,23 @@ def test_composite_forms_used_under_torch_compile_agree(monkeypatch):
         torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
         for g, r in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_inputs_keep_their_dtype_and_match_the_composite_formulas():
+    """The GPU path's dtype handling (bf16 activations, fp32 tables), exercised on CPU."""
+    rope = RotaryEmbedding(16, 32, 10_000.0)
+    cos, sin = _half_tables(rope, None, 6)
+    full_cos, full_sin = (t.unsqueeze(-2) for t in rope.tables(None, 6))
+    x = torch.randn(2, 6, 3, 16).to(torch.bfloat16)
+    out, (gx,) = _grads(lambda a: rotary(a, cos, sin), x)
+    ref, (rx,) = _grads(lambda a: (a.float() * full_cos + rotate_half(a.float()) * full_sin)
+                        .to(torch.bfloat16), x)
+    assert out.dtype == gx.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)  # the same fp32 maths, one rounding
+    torch.testing.assert_close(gx.float(), rx.float(), rtol=1e-2, atol=1e-2)
+    gate_up = torch.randn(2, 6, 20).to(torch.bfloat16)
+    out, (g,) = _grads(swiglu, gate_up)
+    ref, (r,) = _grads(lambda a: F.silu(a[..., :10]) * a[..., 10:], gate_up)
+    assert out.dtype == g.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(g.float(), r.float(), rtol=2e-2, atol=2e-2)
