@@ -129,7 +129,17 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
     for old in list_checkpoints(d)[:-keep]:
         old.unlink(missing_ok=True)
         old.with_suffix(".pt.sha256").unlink(missing_ok=True)
+    _remove_stale_temporaries(d)
     return path
+
+
+def _remove_stale_temporaries(d: Path) -> None:
+    """Delete the `.step_*` / `.latest.json` temporaries a killed writer left (one writer per
+    folder: any pid but ours is gone)."""
+    mine = f".tmp{os.getpid()}"
+    for stale in [*d.glob(".step_*.tmp*"), *d.glob(".latest.json.tmp*")]:
+        if stale.is_file() and not stale.name.endswith(mine):
+            stale.unlink(missing_ok=True)
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

@@ -60,3 +60,15 @@ def test_untrusted_checkpoint_cannot_run_code(tmp_path, monkeypatch):
     with pytest.raises(pickle.UnpicklingError):
         load_latest(tmp_path / "ck")
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_save(tmp_path):
+    save_checkpoint(tmp_path, 1, _state(1))
+    stale = tmp_path / ".step_00000002.pt.tmp999999999"  # kill -9 mid-write, another pid
+    stale.write_bytes(b"partial")
+    (tmp_path / ".step_00000002.pt.sha256.tmp999999999").write_bytes(b"{")
+    (tmp_path / ".latest.json.tmp999999999").write_bytes(b"{")
+    assert load_latest(tmp_path)["step"] == 1  # ignored by the loader
+    save_checkpoint(tmp_path, 2, _state(2))
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+    assert load_latest(tmp_path)["step"] == 2
