@@ -1,6 +1,7 @@
 """GPU path check: attention kernels, probe overhead and throughput/MFU, in one short table.
 
     python scripts/gpu_check.py [--quick] [--skip-1b] [--steps N] [--compile]
+    python scripts/gpu_check.py --cpu-dry-run   # the same code on CPU at toy sizes (no timings)
 
 (a) our attention kernels (`model.attention_backends`: sdpa, xformers, eager) against the fp32
     eager reference, outputs and q/k/v grads, fp32 (TF32 off, rel <= 1e-5) and bf16 (rel <= 1e-2),
@@ -12,6 +13,10 @@
 Training rows drive `Trainer.train_step` directly (no eval, no checkpoint). The first steps warm
 up (CUDA context, autotuning, compilation) and are not timed; step indices start at 41 so that
 the timed window holds probe steps (every 10) and one attention-probe step (step 50).
+
+`--cpu-dry-run` runs every section on the CPU with `olmo2-tiny` shapes and two timed steps: a
+check of the script itself (and of the bf16 autocast path), so GPU time is not spent on a bug.
+Its numbers mean nothing. tests/gpu runs it on every machine.
 
 Exit status: 0 all passed; 1 a correctness check failed (attention error above tolerance, or a
 non-finite training loss); 2 no CUDA device; 3 a section failed to run (its reason is in the table).
@@ -85,15 +90,17 @@ def attention_errors(backend: str, dtype: str, docs: bool, *, b: int = 2, t: int
     return errs
 
 
-def check_attention(table: Table, quick: bool) -> None:
+def check_attention(table: Table, quick: bool, device: str = "cuda") -> None:
     from model.attention_backends import resolve_attention_backend, xformers_available
 
-    backends = ["sdpa", "eager"] + (["xformers"] if xformers_available() else [])
+    on_cuda = device == "cuda"
+    backends = ["sdpa", "eager"] + (["xformers"] if on_cuda and xformers_available() else [])
     if "xformers" not in backends:
-        table.add("attention", "xformers", "SKIP", "xformers.ops does not import")
-    auto = resolve_attention_backend("auto", "cuda")
-    want = "xformers" if xformers_available() else "sdpa"
-    table.add("attention", "auto on cuda", "ok" if auto == want else "FAIL", f"-> {auto}",
+        why = "xformers.ops does not import" if on_cuda else "CUDA only"
+        table.add("attention", "xformers", "SKIP", why)
+    auto = resolve_attention_backend("auto", device)
+    want = "xformers" if on_cuda and xformers_available() else "sdpa"
+    table.add("attention", f"auto on {device}", "ok" if auto == want else "FAIL", f"-> {auto}",
               failed=auto != want)
     t = 128 if quick else 512
     for dtype in ("fp32", "bf16"):
@@ -103,7 +110,7 @@ def check_attention(table: Table, quick: bool) -> None:
                     continue  # the reference itself
                 case = f"{backend} {dtype} {'docs' if docs else 'causal'}"
                 try:
-                    errs = attention_errors(backend, dtype, docs, t=t)
+                    errs = attention_errors(backend, dtype, docs, t=t, device=device)
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     table.error("attention", case, exc)
                     continue
@@ -114,7 +121,13 @@ def check_attention(table: Table, quick: bool) -> None:
 
 
 # ---------------------------------------------------------------- (b, c) training throughput
-def measure(preset: str, steps: int, warmup: int, overrides: list[str]) -> dict[str, float]:
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(preset: str, steps: int, warmup: int, overrides: list[str], device: str = "cuda"
+            ) -> dict[str, float]:
     """tokens/s, MFU and peak memory of `steps` timed train steps after `warmup` untimed ones."""
     from stability import metric_names as M
     from stability.config import load_config
@@ -123,20 +136,21 @@ def measure(preset: str, steps: int, warmup: int, overrides: list[str]) -> dict[
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(preset, overrides=[
-            "tracking.enabled=false", "train.device=\"cuda\"", f'train.checkpoint_dir="{tmp}/ckpt"',
+            "tracking.enabled=false", f'train.device="{device}"', f'train.checkpoint_dir="{tmp}/ckpt"',
             f"train.log_every={warmup + steps}", "train.eval_every=0", "train.checkpoint_every=0",
             *overrides])
         trainer = Trainer(cfg, progress=False)
         try:
             trainer.model.train()
-            torch.cuda.reset_peak_memory_stats()
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             for s in range(STEP0, STEP0 + warmup):
                 trainer.train_step(s)
-            torch.cuda.synchronize()
+            _sync(device)
             t0 = time.perf_counter()
             for s in range(STEP0 + warmup, STEP0 + warmup + steps):
                 trainer.train_step(s)
-            torch.cuda.synchronize()
+            _sync(device)
             elapsed = time.perf_counter() - t0
             last, first_bad = trainer._read_out(elapsed)
             tok_s = steps * cfg.train.batch_size * cfg.train.seq_len / elapsed
@@ -145,20 +159,21 @@ def measure(preset: str, steps: int, warmup: int, overrides: list[str]) -> dict[
                 "mfu": (mfu(tok_s, trainer.flops_per_token, trainer.peak_flops)
                         if trainer.peak_flops else float("nan")),
                 "loss": last.get(M.TRAIN_LOSS, float("nan")) if first_bad is None else float("nan"),
-                "mem_gb": torch.cuda.max_memory_allocated() / 2**30,
+                "mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0,
             }
         finally:
             del trainer
             gc.collect()
-            torch.cuda.empty_cache()
+            if device == "cuda":
+                torch.cuda.empty_cache()
 
 
 def check_training(table: Table, section: str, preset: str, arms: dict[str, list[str]], steps: int,
-                   warmup: int) -> None:
+                   warmup: int, device: str = "cuda") -> None:
     base = None
     for arm, overrides in arms.items():
         try:
-            r = measure(preset, steps, warmup, overrides)
+            r = measure(preset, steps, warmup, overrides, device)
         except Exception as exc:  # noqa: BLE001 - OOM, missing kernel, ...: report and go on
             table.error(section, arm, exc)
             continue
@@ -199,14 +214,15 @@ class Table:
         return "\n".join(lines)
 
 
-def versions() -> str:
+def versions(device: str = "cuda") -> str:
     try:
         import xformers
 
         xf = xformers.__version__
     except Exception:  # noqa: BLE001
         xf = "not installed"
-    return (f"card: {torch.cuda.get_device_name()} | torch {torch.__version__} (CUDA {torch.version.cuda}) "
+    card = torch.cuda.get_device_name() if device == "cuda" else "none (CPU dry run, toy sizes)"
+    return (f"card: {card} | torch {torch.__version__} (CUDA {torch.version.cuda}) "
             f"| xformers {xf}")
 
 
@@ -216,29 +232,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-1b", action="store_true", help="skip section (c), the ~1B model")
     ap.add_argument("--steps", type=int, default=0, help="timed training steps (default 30, quick 10)")
     ap.add_argument("--compile", action="store_true", help="also time the 1B model with train.compile")
+    ap.add_argument("--cpu-dry-run", action="store_true",
+                    help="run every section on the CPU at toy sizes (checks the script, no timings)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
+    dry = args.cpu_dry_run
+    if not dry and not torch.cuda.is_available():
         print(NO_CUDA, file=sys.stderr)
         return 2
-    steps = args.steps or (10 if args.quick else 30)
-    warmup = 2 if args.quick else 3
+    device = "cpu" if dry else "cuda"
+    steps = 2 if dry else args.steps or (10 if args.quick else 30)
+    warmup = 1 if dry else 2 if args.quick else 3
     table = Table()
-    header = versions()
+    header = versions(device)
     print(f"[gpu_check] {header}", file=sys.stderr, flush=True)
 
-    check_attention(table, args.quick)
-    off, on = ["probes.enabled=false", *DATA], DATA
+    check_attention(table, args.quick or dry, device)
+    data = ["data.max_bytes=300000"] if dry else DATA
+    off, on = ["probes.enabled=false", *data], data
+    p150, p1b = ("olmo2-tiny", "olmo2-tiny") if dry else ("olmo2-150m", "olmo2-1b")
     b150 = ["train.batch_size=8", "train.seq_len=1024"] if args.quick else []
-    check_training(table, "150m", "olmo2-150m", {"probes off": off + b150, "probes on": on + b150},
-                   steps, warmup)
+    b150 = ["train.batch_size=2", "train.seq_len=64"] if dry else b150
+    check_training(table, "150m", p150, {"probes off": off + b150, "probes on": on + b150},
+                   steps, warmup, device)
     if not args.skip_1b:
-        shape = ["train.seq_len=4096", 'train.precision="bf16"',
-                 f"train.batch_size={2 if args.quick else 4}"]
+        shape = [f"train.seq_len={64 if dry else 4096}", 'train.precision="bf16"',
+                 f"train.batch_size={2 if args.quick or dry else 4}"]
         arms = {"probes off": off + shape, "probes defaults": on + shape}
         if args.compile:
             arms["compile, probes off"] = off + shape + ["train.compile=true"]
             arms["compile, probes defaults"] = on + shape + ["train.compile=true"]
-        check_training(table, "1b s4096", "olmo2-1b", arms, steps, warmup)
+        check_training(table, "1b s4096", p1b, arms, steps, warmup, device)
 
     print(header)
     print(table.render())

@@ -70,3 +70,16 @@ def test_gpu_check_refuses_without_cuda():
     assert proc.returncode != 0
     assert proc.stderr.strip() == "gpu_check: needs a CUDA device"
     assert proc.stdout == ""
+
+
+def test_gpu_check_cpu_dry_run_exercises_every_section():
+    """The script's own code (attention check, Trainer-driven timing, table) on CPU at toy sizes,
+    so a GPU session is not spent finding a bug in it; runs anywhere (~5 s)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--cpu-dry-run"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.splitlines()[0].startswith("card: none (CPU dry run")
+    for row in ("auto on cpu", "sdpa fp32 docs", "eager bf16 causal", "probes on", "probes defaults"):
+        assert row in out, (row, out)
+    assert "ERROR" not in out and "FAIL" not in out and out.rstrip().endswith("gpu_check: all passed")
