@@ -21,6 +21,17 @@ def _maths_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+_FUSED_RMS = getattr(torch.ops.aten, "_fused_rms_norm", None)  # private op, torch >= 2.8
+
+
+def _rms_forward(x: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, rstd [..., 1]): torch's fused kernel where this build has it, else three ops."""
+    if _FUSED_RMS is not None:
+        return _FUSED_RMS(x, [x.shape[-1]], w, eps)
+    rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+    return x * rstd * w, rstd
+
+
 class _RMSNormCPU(torch.autograd.Function):
     """y = w * x * r, r = rsqrt(mean(x^2) + eps) over the last dim; fp32 maths, y in x's dtype.
 
@@ -32,7 +43,7 @@ class _RMSNormCPU(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float):  # type: ignore[override]
         dtype = _maths_dtype(x)
         xf, wf = x.to(dtype), weight.to(dtype)
-        y, rstd = torch.ops.aten._fused_rms_norm(xf, [xf.shape[-1]], wf, eps)
+        y, rstd = _rms_forward(xf, wf, eps)
         ctx.save_for_backward(xf, wf, rstd)
         ctx.weight_dtype = weight.dtype
         return y.to(x.dtype)

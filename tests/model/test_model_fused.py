@@ -128,3 +128,16 @@ def test_bf16_inputs_keep_their_dtype_and_match_the_composite_formulas():
     assert out.dtype == g.dtype == torch.bfloat16
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(g.float(), r.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_rms_norm_without_torchs_fused_kernel(monkeypatch):
+    """The fallback forward (a torch build without `_fused_rms_norm`) gives the same values."""
+    import model.fused as fused
+
+    x, w = torch.randn(5, 16) * 2, torch.randn(16)
+    out, (gx, gw) = _grads(lambda a, b: rms_norm(a, b, 1e-6), x, w)
+    monkeypatch.setattr(fused, "_FUSED_RMS", None)
+    ref, (rx, rw) = _grads(lambda a, b: rms_norm(a, b, 1e-6), x, w)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gx, rx, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gw, rw, rtol=1e-6, atol=1e-6)
