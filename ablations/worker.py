@@ -178,6 +178,8 @@ def _train_ranks(job: CellJob, cell_dir: Path) -> dict[str, Any]:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(_rank_threads(job) or 1)
+    root = str(Path(__file__).resolve().parent.parent)  # the ranks import this checkout
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
            f"--nproc_per_node={job.ranks}", "-m", "ablations.worker",
            str(cell_dir / "job.json")]
