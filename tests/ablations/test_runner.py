@@ -192,7 +192,10 @@ model.qk_norm = "none"
 
 
 @pytest.mark.slow
-def test_slurm_path_through_submitits_local_executor(tmp_path):
+@pytest.mark.parametrize("ranks", [1, 2], ids=["1-rank", "2-ranks"])
+def test_slurm_path_through_submitits_local_executor(tmp_path, ranks):
+    """The Slurm backend's tasks (submitit's local executor): each runs the cell's worker code,
+    with 2 ranks torchrun inside the task (train.batch_size 4 splits 2 + 2)."""
     spec_file = _write_spec(tmp_path / "s.toml", f"""
 name = "slurmish"
 preset = "olmo2-tiny"
@@ -202,10 +205,12 @@ seeds = [0, 1]
 train.log_every = {LOG_EVERY}
 train.eval_every = 0
 train.checkpoint_every = 10
+train.batch_size = 4
 [budget]
 steps = {STEPS}
 [resources]
-cpus = 1
+cpus = {ranks}
+ranks = {ranks}
 time_min = 10
 [arms.a]
 """)
@@ -217,6 +222,6 @@ time_min = 10
     children = [r for r in runs if r.data.tags.get("stability.role") != "grid"]
     assert sorted(int(r.data.tags["seed"]) for r in children) == [0, 1]
     for run in children:
-        assert run.data.tags["status"] == "finished"
+        assert run.data.tags["status"] == "finished" and run.data.tags["ranks"] == str(ranks)
         _assert_every_step_once(client, run.info.run_id, STEPS)
     assert list((tmp_path / "runs" / "slurmish" / "submitit").glob("*/*_submitted.pkl"))
