@@ -124,13 +124,12 @@ class _LinearCrossEntropyZ(torch.autograd.Function):
                 grad_hidden[rows] = grad @ w
                 if not want_weight:
                     continue
-                part = grad.t() @ h  # the first chunk's product is the buffer: no zero fill
-                if grad_weight is None:
-                    grad_weight = part.float()
+                if grad_weight is None:  # the first chunk's product is the buffer: no zero fill
+                    grad_weight = (grad.t() @ h).float()
                 elif dtype == torch.float32:
                     grad_weight.addmm_(grad.t(), h)
                 else:
-                    grad_weight += part.float()
+                    grad_weight += (grad.t() @ h).float()
         # Not saved tensors: backward hands these buffers on (see there).
         ctx.grads = [grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype)]
         ce, z_raw = ce_sum * inv, z_sum * inv

@@ -166,3 +166,31 @@ def test_fused_loss_second_backward_is_a_clear_error():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
+
+
+def test_fused_loss_does_three_matmuls_per_chunk():
+    """logits, the hidden gradient and the weight gradient: one matmul each per chunk, no more
+    (counted at the dispatcher, so wasted work shows up without timing anything)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from stability.loss import fused_lm_loss
+
+    class CountMatmuls(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm,
+                                       torch.ops.aten.addmm_):
+                CountMatmuls.count += 1
+            return func(*args, **(kwargs or {}))
+
+    hidden = torch.randn(24, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    labels = torch.randint(0, 11, (24,))
+    with CountMatmuls():
+        fused_lm_loss(hidden, weight, labels, 1e-4, chunk_rows=5)  # 5 chunks
+    assert CountMatmuls.count == 3 * 5
+    CountMatmuls.count = 0
+    with CountMatmuls():
+        fused_lm_loss(hidden, weight.detach(), labels, 1e-4, chunk_rows=5)
+    assert CountMatmuls.count == 2 * 5  # no weight gradient wanted
