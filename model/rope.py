@@ -8,12 +8,6 @@ from torch import nn
 from model.fused import rotary
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """[x1, x2] -> [-x2, x1], halves taken over the last dim."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class RotaryEmbedding(nn.Module):
     """Caches cos/sin (fp32, non-persistent buffers) for positions 0..max_seq_len-1.
 

@@ -40,6 +40,12 @@ def ref_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
     return out
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [-x2, x1], halves over the last dim (RoPE as x cos + rotate_half(x) sin)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
 def ref_mask(batch: int, seq_len: int, doc_ids: torch.Tensor | None) -> torch.Tensor:
     """[B, T, T] bool: t may see s iff s <= t and (no docs or same document)."""
     mask = torch.zeros(batch, seq_len, seq_len, dtype=torch.bool)

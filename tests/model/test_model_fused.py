@@ -4,9 +4,10 @@ formulas (fp32, 1e-6) and `gradcheck` (fp64, finite differences)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from model_reference import rotate_half
 
 from model.fused import rms_norm, rotary, swiglu
-from model.rope import RotaryEmbedding, rotate_half
+from model.rope import RotaryEmbedding
 
 
 def _grads(fn, *inputs, seed=1):
