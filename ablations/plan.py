@@ -152,4 +152,17 @@ def format_plan(spec: GridSpec, cpu_flops: float = CPU_FLOPS) -> str:
         f"~{_duration(t['cpu_seconds'])} of CPU time run one after another "
         f"(at {cpu_flops / 1e9:.0f} GFLOP/s; * = baseline)"
     )
+    if spec.resources or spec.ranks > 1:
+        lines.append(f"per cell: {_resources(spec)}")
     return "\n".join(lines)
+
+
+def _resources(spec: GridSpec) -> str:
+    """`[resources]` in words, with the data-parallel ranks a cell runs (torchrun when > 1)."""
+    r = spec.resources
+    parts = [f"{spec.ranks} rank{'s' if spec.ranks > 1 else ''}"
+             + (" (torchrun, FSDP2; train.batch_size is the global batch)" if spec.ranks > 1 else "")]
+    units = {"cpus": ("CPU thread", "CPU threads"), "gpus": ("GPU", "GPUs"),
+             "mem_gb": ("GB memory", "GB memory"), "time_min": ("min limit", "min limit")}
+    parts += [f"{r[key]:g} {units[key][r[key] != 1]}" for key in units if key in r]
+    return ", ".join(parts)

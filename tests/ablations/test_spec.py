@@ -9,7 +9,7 @@ import pytest
 
 import model as model_lib
 from ablations.plan import CPU_FLOPS, flops_per_token, format_plan, param_count, plan_rows, plan_totals
-from ablations.spec import GRIDS_DIR, Cell, GridSpec, bundled_specs, load_spec
+from ablations.spec import GRIDS_DIR, Cell, GridSpec, bundled_specs, load_spec, parse_spec
 from model.config import ConfigError
 from model.presets import model_preset
 from stability.presets import run_preset, run_recipe_of
@@ -306,7 +306,8 @@ def test_plan_rows_and_totals(spec: GridSpec):
     assert t["cpu_seconds"] == pytest.approx(t["flops"] / CPU_FLOPS)
     text = format_plan(spec)
     assert "total: 18 cells (3 arms x 3 seeds x 2 lrs)" in text
-    assert len(text.splitlines()) == 1 + 1 + 18 + 1
+    assert len(text.splitlines()) == 1 + 1 + 18 + 1 + 1
+    assert text.splitlines()[-1] == "per cell: 1 rank, 1 CPU thread"
 
 
 def test_quick_plan_is_minutes():
@@ -362,3 +363,14 @@ def test_run_preset_sizes_are_consistent():
     """The analytic count is used above d_model 1024: sanity-check it on the big presets."""
     assert 1.0e9 < param_count(run_preset("olmo2-1b").model) < 1.8e9
     assert 6.5e9 < param_count(run_preset("olmo2-7b").model) < 8e9
+
+
+def test_plan_states_each_cells_resources_and_ranks():
+    data = {"name": "res", "preset": "olmo2-tiny", "baseline": "a", "seeds": [0],
+            "base": {"train": {"batch_size": 4}}, "resources": {"cpus": 2, "ranks": 2, "time_min": 30},
+            "arms": {"a": {}}}
+    text = format_plan(parse_spec(data))
+    assert text.splitlines()[-1] == ("per cell: 2 ranks (torchrun, FSDP2; train.batch_size is the "
+                                     "global batch), 2 CPU threads, 30 min limit")
+    del data["resources"]
+    assert "per cell" not in format_plan(parse_spec(data))
