@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import ablations
 from ablations.grid_tracking import DONE, CellRun, GridStore
 from ablations.progress import GridProgress
 from ablations.spec import Cell, GridSpec
 from ablations.status import cell_statuses, counts
-from ablations.worker import EXIT_BUSY, CellJob, log_tail
+from ablations.worker import EXIT_BUSY, CellJob, child_env, log_tail
 from model.config import ConfigError
 from stability.config import to_toml
 from stability.tracking_io import resolve_uri
@@ -93,20 +92,16 @@ class GridOutcome:
 
 
 def default_jobs(spec: GridSpec, n_gpus: int) -> int:
-    gpus = int(spec.resources.get("gpus", 1) or 1)
+    gpus = max(1, spec.gpus)
     if n_gpus:
         return max(1, n_gpus // gpus)
     cpus = int(spec.resources.get("cpus", 0) or 0)
     return max(1, (os.cpu_count() or 1) // cpus) if cpus else 1
 
 
-def gpus_per_cell(spec: GridSpec) -> int:
-    return int(spec.resources.get("gpus", 0) or 0)
-
-
 def check_resources(spec: GridSpec, visible_gpus: list[str]) -> None:
     """A cell must fit on this machine: no more GPUs per cell than are visible."""
-    want = gpus_per_cell(spec)
+    want = spec.gpus
     if visible_gpus and want > len(visible_gpus):
         raise ConfigError(f"resources.gpus: {want} per cell, but this machine shows "
                           f"{len(visible_gpus)} ({','.join(visible_gpus)})")
@@ -153,11 +148,7 @@ class LocalRunner:
         return job
 
     def launch(self, cell: Cell, job: CellJob, gpus: list[str]) -> Slot:
-        env = dict(os.environ)
-        root = str(Path(ablations.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(job.threads)
+        env = child_env(job.threads)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         elif self.gpus:
@@ -204,7 +195,7 @@ class LocalRunner:
                                enabled=self.progress)
         running: dict[str, Slot] = {}
         free_gpus = list(self.gpus)
-        take = max(1, gpus_per_cell(self.spec)) if self.gpus else 0  # GPUs a cell gets
+        take = max(1, self.spec.gpus) if self.gpus else 0  # GPUs a cell gets
         try:
             while todo or running:
                 while todo and len(running) < self.jobs and len(free_gpus) >= take:

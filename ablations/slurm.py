@@ -63,7 +63,7 @@ class SlurmRunner(LocalRunner):
         r = self.spec.resources
         params: dict[str, Any] = {"name": f"grid-{self.spec.name}", "timeout_min": int(r.get("time_min", 60)),
                                   "cpus_per_task": int(r.get("cpus", 1) or 1),
-                                  "gpus_per_node": int(r.get("gpus", 0) or 0)}
+                                  "gpus_per_node": self.spec.gpus}
         if r.get("mem_gb"):
             params["mem_gb"] = float(r["mem_gb"])
         if not self.local:

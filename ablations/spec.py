@@ -136,9 +136,14 @@ class GridSpec:
     path: str = ""  # the file it was read from ("" = built in memory)
 
     @property
+    def gpus(self) -> int:
+        """GPUs per cell (`resources.gpus`, 0 when absent)."""
+        return int(self.resources.get("gpus", 0) or 0)
+
+    @property
     def ranks(self) -> int:
         """Data-parallel processes per cell: `resources.ranks`, else one per GPU, else 1."""
-        return int(self.resources.get("ranks") or max(1, int(self.resources.get("gpus", 0) or 0)))
+        return int(self.resources.get("ranks") or max(1, self.gpus))
 
     # ------------------------------------------------------------------ resolution
 

@@ -169,17 +169,23 @@ def _train(job: CellJob, cell_dir: Path) -> dict[str, Any]:
             "diverged_at_step": res.diverged_at_step}
 
 
+def child_env(threads: int) -> dict[str, str]:
+    """This environment for a child process: this checkout importable, `threads` OpenMP/MKL threads."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
 def _train_ranks(job: CellJob, cell_dir: Path) -> dict[str, Any]:
     """Run the cell's ranks under torchrun in this task and wait; rank 0's result, or the cell
     recorded failed with the ranks' tracebacks (or the launcher's output) when there is none."""
     rank_result = cell_dir / "rank0_result.json"
     for stale in (rank_result, *cell_dir.glob("traceback.rank*.txt")):
         stale.unlink(missing_ok=True)
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(_rank_threads(job) or 1)
-    root = str(Path(__file__).resolve().parent.parent)  # the ranks import this checkout
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env = child_env(_rank_threads(job) or 1)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
            f"--nproc_per_node={job.ranks}", "-m", "ablations.worker",
            str(cell_dir / "job.json")]
