@@ -6,6 +6,12 @@ reports median tokens/s per side and their ratio.
 
     python benchmarks/bench_throughput.py                       # olmo2-small shape, CPU
     python benchmarks/bench_throughput.py --preset olmo2-tiny --batch 4 --seq 256
+    python benchmarks/bench_throughput.py --breakdown   # + where each side's step time goes
+
+`--breakdown` profiles one more round per side (torch.profiler) and splits each step into
+matrix products (GEMMs), attention kernels and everything else (elementwise kernels, the
+optimizer, dispatch and Python). Both sides run the same GEMMs and attention kernels, so HF's
+step over ours' GEMM + attention time is the most any rewrite of the rest could reach.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import statistics
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from model import build, model_preset
 from model.hf_interop import to_hf
@@ -65,6 +72,45 @@ def tokens_per_s(step, batches, labels_of) -> float:
     return sum(b.numel() for b in batches) / (time.perf_counter() - t0)
 
 
+GEMM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv_",
+                      "aten::addmv", "aten::mv"})
+ATTENTION_PREFIXES = ("aten::_scaled_dot_product", "aten::_efficient_attention",
+                      "aten::_flash_attention")
+
+
+def step_breakdown(step, batches, labels_of) -> dict[str, float]:
+    """Milliseconds per step in GEMMs, attention kernels and the rest (wall minus both),
+    from the self time of the profiled kernels over one pass through `batches`."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for ids in batches:
+            step(ids, labels_of(ids))
+        wall = time.perf_counter() - t0
+    gemm = attention = 0.0
+    for event in prof.key_averages():
+        if event.key in GEMM_OPS:
+            gemm += event.self_cpu_time_total
+        elif event.key.startswith(ATTENTION_PREFIXES):
+            attention += event.self_cpu_time_total
+    per_step_ms = 1e3 / len(batches)
+    gemm, attention = gemm / 1e6 * per_step_ms, attention / 1e6 * per_step_ms
+    total = wall * per_step_ms
+    return {"gemm": gemm, "attention": attention, "other": total - gemm - attention,
+            "total": total}
+
+
+def print_breakdown(parts: dict[str, dict[str, float]]) -> None:
+    print("\nwhere a step goes (ms/step, one profiled round per side; profiling adds a little "
+          "to 'other'):")
+    print(f"{'side':8s} {'GEMM':>8s} {'attention':>10s} {'other':>8s} {'total':>8s}")
+    for name, p in parts.items():
+        print(f"{name:8s} {p['gemm']:8.1f} {p['attention']:10.1f} {p['other']:8.1f} "
+              f"{p['total']:8.1f}")
+    ceiling = parts["hf"]["total"] / (parts["ours"]["gemm"] + parts["ours"]["attention"])
+    print(f"ceiling: HF step / ours' GEMM + attention = {ceiling:.2f}x (the ratio if all of ours' "
+          "'other' cost nothing)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="olmo2-small")
@@ -76,6 +122,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a model key, e.g. --set vocab_size=32768 (repeatable)")
     ap.add_argument("--attn", default="sdpa", help="HF attn_implementation (sdpa | eager)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also profile one round per side: GEMM / attention / other per step")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,6 +169,10 @@ def main() -> None:
         print(f"{name:8s} {tps:10.0f} {tps / (args.batch * args.seq):8.2f}")
     print(f"ratio ours/hf: {ours_tps / hf_tps:.2f}x (median of per-round ratios "
           f"{statistics.median(paired):.2f}x, range {paired[0]:.2f}-{paired[-1]:.2f})")
+    if args.breakdown:
+        print_breakdown({name: step_breakdown(step, batches,
+                                              ours_labels if name == "ours" else hf_labels)
+                         for name, step in sides.items()})
 
 
 if __name__ == "__main__":
