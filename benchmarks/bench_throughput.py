@@ -65,11 +65,16 @@ def hf_step_fn(hf, cfg: OptimConfig):
     return step
 
 
-def tokens_per_s(step, batches, labels_of) -> float:
+def run_steps(step, batches, labels_of) -> float:
+    """Seconds to run `step` once per batch."""
     t0 = time.perf_counter()
     for ids in batches:
         step(ids, labels_of(ids))
-    return sum(b.numel() for b in batches) / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
+
+
+def tokens_per_s(step, batches, labels_of) -> float:
+    return sum(b.numel() for b in batches) / run_steps(step, batches, labels_of)
 
 
 # The work both sides run alike, by kernel. Matrix-vector products (ours' RMSNorm weight
@@ -94,10 +99,7 @@ def step_breakdown(step, batches, labels_of) -> dict[str, float]:
     """Milliseconds per step in each shared kind of kernel, the rest (wall minus those) and the
     total, from the self time of the profiled kernels over one pass through `batches`."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for ids in batches:
-            step(ids, labels_of(ids))
-        wall = time.perf_counter() - t0
+        wall = run_steps(step, batches, labels_of)
     ms_per_step = 1e3 / len(batches)
     parts = dict.fromkeys(SHARED_KERNELS, 0.0)
     for event in prof.key_averages():
