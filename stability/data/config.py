@@ -7,6 +7,8 @@ from typing import ClassVar
 
 from model.config import ConfigError
 
+TOKEN_SUFFIXES = (".npy", ".bin")  # pre-tokenized corpora
+
 
 @dataclass
 class DataConfig:
@@ -14,14 +16,20 @@ class DataConfig:
 
     # "stdlib" (the default corpus: this Python's standard library sources, see corpus.py),
     # or a path: a text file, a folder of .txt/.md/.py/.rst files, a .jsonl file with a text
-    # field, or a pre-tokenized .npy / .bin token file (uint16 or uint32, documents separated
-    # by eos_id, as OLMo's data).
+    # field, a .parquet file or a folder of .parquet shards with a text column, or a
+    # pre-tokenized .npy / .bin token file (uint16 or uint32, documents separated by eos_id,
+    # as OLMo's data).
     corpus: str = "stdlib"
-    text_field: str = "text"  # JSONL field holding the document text
+    text_field: str = "text"  # JSONL field / Parquet column holding the document text
+    # "": train a byte-level BPE on the corpus (cached); a path: an existing Hugging Face
+    # tokenizer.json (or a folder holding one), e.g. OLMo 2's dolma2 tokenizer
+    tokenizer: str = ""
+    eos_token: str = ""  # with `tokenizer`: the token joining documents ("": a known EOS name)
     token_dtype: str = "auto"  # for .bin token files: uint16 | uint32 (auto: from the .npy header)
     eos_id: int = -1  # for token files: the document separator (-1: no document boundaries)
     max_bytes: int = 8_000_000  # cap on the text read from the corpus (a fixed prefix)
-    tokenizer_vocab: int = 0  # BPE vocabulary size; 0: model.vocab_size
+    tokenizer_vocab: int = 0  # trained-BPE vocabulary size; 0: model.vocab_size (unused with
+    # `tokenizer`: a tokenizer file brings its own vocabulary, checked against model.vocab_size)
     val_fraction: float = 0.02  # share of packed sequences held out for eval/loss
     doc_mask: bool = False  # block-diagonal (intra-document) attention masking for packed sequences
     ngram_filter: bool = False  # mask spans of >= ngram_min_repeats n-gram repeats out of the loss
@@ -43,6 +51,7 @@ class DataConfig:
             )
         if not self.corpus:
             raise ConfigError(f"{section}.corpus: empty (allowed: 'stdlib' or a path)")
+        self._validate_tokenizer(section)
         if self.max_bytes < 1:
             raise ConfigError(f"{section}.max_bytes: must be positive, got {self.max_bytes}")
         if self.tokenizer_vocab < 0 or 0 < self.tokenizer_vocab < 259:
@@ -67,4 +76,17 @@ class DataConfig:
         if self.inject_repeat_count < 2:
             raise ConfigError(
                 f"{section}.inject_repeat_count: must be >= 2, got {self.inject_repeat_count}"
+            )
+
+    def _validate_tokenizer(self, section: str) -> None:
+        """`tokenizer` and `eos_token` only mean something for text corpora read as text."""
+        if self.eos_token and not self.tokenizer:
+            raise ConfigError(
+                f"{section}.eos_token: {self.eos_token!r} needs {section}.tokenizer (allowed: '' "
+                "with the trained BPE, whose EOS is <|endoftext|>)"
+            )
+        if self.tokenizer and self.corpus.endswith(TOKEN_SUFFIXES):
+            raise ConfigError(
+                f"{section}.tokenizer: corpus '{self.corpus}' is already tokenized (allowed: '' "
+                f"with .npy/.bin corpora; set {section}.eos_id for document boundaries)"
             )

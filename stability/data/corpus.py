@@ -1,4 +1,4 @@
-"""Read the documents of `DataConfig.corpus`: the stdlib default, text files, JSONL, token files.
+"""Read the documents of `DataConfig.corpus`: the stdlib default, text, JSONL, Parquet, tokens.
 
 The default corpus (`corpus = "stdlib"`) is this interpreter's standard-library source tree
 (`sysconfig.get_paths()["stdlib"]`): every `*.py`, `*.txt` and `*.rst` file, sorted by its
@@ -8,10 +8,12 @@ relative POSIX path, leaving out any path with a directory named `test`, `tests`
 document; files are read in that order until `max_bytes` bytes are taken (the last one cut), so the
 selection is a fixed prefix, reproducible for a given Python version.
 
-Paths: a folder (recursive, sorted, files ending .txt .md .rst .py .text, hidden entries skipped),
-a `.jsonl` file (one document per line, field `text_field`), a `.npy` / `.bin` pre-tokenized token
-file (uint16 / uint32, memory-mapped, used whole: `max_bytes` caps text only), or any other file
-(one document). Text is decoded as UTF-8 with replacement characters.
+Paths: a folder (recursive, sorted, files ending .txt .md .rst .py .text, hidden entries skipped;
+a folder holding any `.parquet` file is read as Parquet shards only, so a dataset's README is not
+a document), a `.jsonl` file (one document per line, field `text_field`), a `.parquet` file (one
+document per row of the string column `text_field`, see parquet.py), a `.npy` / `.bin`
+pre-tokenized token file (uint16 / uint32, memory-mapped, used whole: `max_bytes` caps text only),
+or any other file (one document). Text is decoded as UTF-8 with replacement characters.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, DataConfig
+from .config import TOKEN_SUFFIXES, ConfigError, DataConfig
+from .parquet import PARQUET_SUFFIX, parquet_documents, parquet_shards
 
 STDLIB_SUFFIXES = (".py", ".txt", ".rst")
 STDLIB_EXCLUDED_DIRS = frozenset(
@@ -44,7 +47,6 @@ STDLIB_EXCLUDED_DIRS = frozenset(
     }
 )
 FOLDER_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text")
-TOKEN_SUFFIXES = (".npy", ".bin")
 _FORMAT = "olmo-stability-corpus-v1"
 
 
@@ -226,6 +228,14 @@ def _token_corpus(path: Path, cfg: DataConfig, vocab_size: int) -> TokenCorpus:
     return TokenCorpus(tokens, cfg.eos_id, digest.hexdigest(), desc, n_docs, {"max_id": top})
 
 
+def _parquet_corpus(paths: list[Path], cfg: DataConfig, what: str) -> TextCorpus:
+    params = {"format": _FORMAT, "max_bytes": cfg.max_bytes, "kind": "parquet",
+              "text_field": cfg.text_field}
+    desc = f"{what}, column '{cfg.text_field}'"
+    return _text_corpus(parquet_documents(paths, cfg.text_field, cfg.max_bytes), params, desc,
+                        cfg.corpus)
+
+
 def load_corpus(cfg: DataConfig, vocab_size: int) -> TextCorpus | TokenCorpus:
     """Read `cfg.corpus`; raise `ConfigError` (`data.corpus: ...`) when it is missing or empty."""
     spec = cfg.corpus
@@ -239,6 +249,10 @@ def load_corpus(cfg: DataConfig, vocab_size: int) -> TextCorpus | TokenCorpus:
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError(f"data.corpus: path '{spec}' does not exist")
+    if path.is_dir() and (shards := parquet_shards(path)):
+        return _parquet_corpus(shards, cfg, f"parquet folder {path} ({len(shards)} shards)")
+    if path.suffix == PARQUET_SUFFIX:
+        return _parquet_corpus([path], cfg, f"parquet file {path}")
     if path.is_dir():
         files = _folder_files(path)
         desc = f"text folder {path} ({len(files)} files)"

@@ -1,4 +1,9 @@
-"""`build_data`: corpus -> tokenizer -> packed sequences -> stateless, seeded batches."""
+"""`build_data`: corpus -> tokenizer -> packed sequences -> stateless, seeded batches.
+
+The tokenizer is the locally trained BPE, or the user's `tokenizer.json` (`data.tokenizer`),
+loaded and checked against `model.vocab_size` before the corpus is read, so a tokenizer too
+large for the model fails in a second with nothing written.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,11 @@ import torch
 from tokenizers import Tokenizer
 
 from .config import DataConfig
-from .corpus import TextCorpus, load_corpus
+from .corpus import TextCorpus, TokenCorpus, load_corpus
+from .hf_tokenizer import UserTokenizer, load_user_tokenizer
 from .ngrams import inject_repeats, repeated_ngram_mask
 from .packing import pack
-from .tokenizer import tokenizer_and_tokens
+from .tokenizer import Tokenized, tokenizer_and_tokens, user_tokens
 
 IGNORE_INDEX = -100
 _INJECT_TAG = 0x1A7  # separates the injection RNG stream from the epoch permutations
@@ -49,7 +55,7 @@ class PackedData:
     val_doc_ids: np.ndarray  # int32 [N_val, seq_len + 1]
     eos_id: int
     vocab_used: int
-    fingerprint: str
+    fingerprint: str  # the corpus; with a tokenizer file also that file and its EOS id
     stats: dict
     tokenizer: Tokenizer | None
     cfg: DataConfig
@@ -122,41 +128,63 @@ class PackedData:
         )
 
 
+def _tokenize(
+    corpus: TextCorpus, user: UserTokenizer | None, cfg: DataConfig, vocab_size: int,
+    progress: bool,
+) -> tuple[Tokenized, str, str]:
+    """The token stream, the data fingerprint and a description of the tokenizer used."""
+    if user is None:
+        done = tokenizer_and_tokens(corpus.documents, corpus.fingerprint, cfg, vocab_size,
+                                    progress)
+        desc = f"byte-level BPE trained on the corpus ({done.tokenizer.get_vocab_size()} ids)"
+        return done, corpus.fingerprint, desc
+    done = user_tokens(corpus.documents, corpus.fingerprint, user, cfg, progress)
+    return done, user.fingerprint(corpus.fingerprint), user.describe()
+
+
+def _stats(corpus: TextCorpus | TokenCorpus, stream: np.ndarray, vocab_used: int, hit: bool,
+           tokenizer: str) -> dict:
+    if isinstance(corpus, TextCorpus):
+        documents, n_bytes = len(corpus.documents), corpus.n_bytes
+    else:
+        documents, n_bytes = corpus.n_documents, corpus.tokens.nbytes
+    return {
+        "source": corpus.description,
+        "tokenizer": tokenizer,
+        "documents": documents,
+        "bytes": n_bytes,
+        "tokens": int(stream.shape[0]),
+        "vocab_used": vocab_used,
+        "cache_hit": hit,
+    }
+
+
 def build_data(
     cfg: DataConfig, *, vocab_size: int, seq_len: int, seed: int, progress: bool = False
 ) -> PackedData:
     """Read, tokenize (cached), pack and split the corpus of `cfg` for a model of `vocab_size`."""
     cfg.validate()
     start = time.perf_counter()
+    user = load_user_tokenizer(cfg, vocab_size) if cfg.tokenizer else None
     corpus = load_corpus(cfg, vocab_size)
     if isinstance(corpus, TextCorpus):
-        tok, stream, hit = tokenizer_and_tokens(
-            corpus.documents, corpus.fingerprint, cfg, vocab_size, progress
-        )
-        eos_id = tok.token_to_id("<|endoftext|>")
-        vocab_used = tok.get_vocab_size()
-        documents, n_bytes = len(corpus.documents), corpus.n_bytes
+        done, fingerprint, tok_desc = _tokenize(corpus, user, cfg, vocab_size, progress)
+        tok, stream, eos_id, hit = done.tokenizer, done.tokens, done.eos_id, done.cache_hit
+        vocab_used = user.n_ids if user else tok.get_vocab_size()
     else:
-        tok, stream, hit = None, corpus.tokens, True
+        tok, stream, hit, fingerprint = None, corpus.tokens, True, corpus.fingerprint
         eos_id = corpus.eos_id
         vocab_used = max(corpus.extra["max_id"], eos_id) + 1
-        documents, n_bytes = corpus.n_documents, corpus.tokens.nbytes
+        tok_desc = "none (pre-tokenized)"
     packed = pack(stream, eos_id, seq_len, cfg.val_fraction,
                   by_document=isinstance(corpus, TextCorpus))
-    stats = {
-        "source": corpus.description,
-        "documents": documents,
-        "bytes": n_bytes,
-        "tokens": int(stream.shape[0]),
-        "train_sequences": int(packed.train.shape[0]),
-        "val_sequences": int(packed.val.shape[0]),
-        "vocab_used": vocab_used,
-        "cache_hit": hit,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+    stats = _stats(corpus, stream, vocab_used, hit, tok_desc)
+    stats["train_sequences"] = int(packed.train.shape[0])
+    stats["val_sequences"] = int(packed.val.shape[0])
+    stats["seconds"] = round(time.perf_counter() - start, 3)
     if progress:
         print(
-            f"[data] {stats['documents']} docs, {stats['tokens']} tokens -> "
+            f"[data] {stats['documents']} docs, {stats['tokens']} tokens ({tok_desc}) -> "
             f"{stats['train_sequences']} train / {stats['val_sequences']} val sequences of "
             f"{seq_len + 1} ({stats['seconds']} s, cache {'hit' if hit else 'miss'})",
             file=sys.stderr,
@@ -168,7 +196,7 @@ def build_data(
         val_doc_ids=packed.val_doc_ids,
         eos_id=eos_id,
         vocab_used=vocab_used,
-        fingerprint=corpus.fingerprint,
+        fingerprint=fingerprint,
         stats=stats,
         tokenizer=tok,
         cfg=cfg,

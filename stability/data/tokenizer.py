@@ -1,7 +1,9 @@
 """Byte-level BPE trained locally with `tokenizers`, and the disk cache for it and its tokens.
 
-Cache files live in `cache_dir(cfg)` and are keyed by the corpus fingerprint and the vocabulary
-size; each is written to a temporary file in the same folder and moved into place with
+Cache files live in `cache_dir(cfg)`. The trained BPE and its tokens are keyed by the corpus
+fingerprint and the vocabulary size (tokens also by the tokenizer's content); tokens of a user's
+tokenizer file (`hf_tokenizer`) by the corpus fingerprint, the file's SHA-256 and the EOS id.
+Each file is written to a temporary file in the same folder and moved into place with
 `os.replace`, so parallel processes never read half a file.
 """
 
@@ -12,15 +14,18 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .config import ConfigError, DataConfig
+from .hf_tokenizer import UserTokenizer, id_count
 
 EOS_TOKEN = "<|endoftext|>"
 _KEY_VERSION = "bpe-v1"
+_FILE_KEY_VERSION = "file-v1"
 _ENCODE_CHUNK = 256  # documents per encode_batch call (progress granularity)
 
 
@@ -28,6 +33,16 @@ def cache_dir(cfg: DataConfig) -> Path:
     """`cfg.cache_dir`, else `$STABILITY_CACHE`, else `~/.cache/olmo-stability`."""
     raw = cfg.cache_dir or os.environ.get("STABILITY_CACHE") or "~/.cache/olmo-stability"
     return Path(raw).expanduser()
+
+
+@dataclass
+class Tokenized:
+    """A corpus as one EOS-separated token stream, with the tokenizer that made it."""
+
+    tokenizer: Tokenizer
+    tokens: np.ndarray
+    eos_id: int
+    cache_hit: bool  # tokenizer and tokens both came from the cache
 
 
 def cache_key(fingerprint: str, vocab: int) -> str:
@@ -84,7 +99,7 @@ def encode_documents(
     tok: Tokenizer, documents: list[str], eos_id: int, progress: bool = False
 ) -> np.ndarray:
     """Encode all documents (batched, parallel) into one stream, each followed by `eos_id`."""
-    dtype = np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
+    dtype = np.uint16 if id_count(tok) <= 1 << 16 else np.uint32
     eos = np.array([eos_id], dtype=dtype)
     parts: list[np.ndarray] = []
     bar = None
@@ -104,14 +119,25 @@ def encode_documents(
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
+def _cached_tokens(
+    path: Path, tok: Tokenizer, documents: list[str], eos_id: int, progress: bool
+) -> tuple[np.ndarray, bool]:
+    """The token stream stored at `path`, else encoded now and stored; and whether it was a hit."""
+    if path.exists():
+        return np.load(path, allow_pickle=False), True
+    tokens = encode_documents(tok, documents, eos_id, progress=progress)
+    save_tokens(tokens, path)
+    return tokens, False
+
+
 def tokenizer_and_tokens(
     documents: list[str],
     fingerprint: str,
     cfg: DataConfig,
     vocab_size: int,
     progress: bool = False,
-) -> tuple[Tokenizer, np.ndarray, bool]:
-    """The (cached) tokenizer, the (cached) EOS-separated token stream, and whether both hit."""
+) -> Tokenized:
+    """The (cached) trained BPE and its (cached) EOS-separated token stream."""
     vocab = cfg.tokenizer_vocab or vocab_size
     if vocab > vocab_size:
         raise ConfigError(f"data.tokenizer_vocab: {vocab} > model.vocab_size {vocab_size}")
@@ -141,9 +167,21 @@ def tokenizer_and_tokens(
     eos_id = tok.token_to_id(EOS_TOKEN)
     # tokens are keyed by the tokenizer's content too: they always match the tokenizer in use
     tok_hash = hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest()[:12]
-    tokens_path = root / f"tokens-{key}-{tok_hash}.npy"
-    if tokens_path.exists():
-        return tok, np.load(tokens_path, allow_pickle=False), tok_hit
-    tokens = encode_documents(tok, documents, eos_id, progress=progress)
-    save_tokens(tokens, tokens_path)
-    return tok, tokens, False
+    tokens, hit = _cached_tokens(root / f"tokens-{key}-{tok_hash}.npy", tok, documents, eos_id,
+                                 progress)
+    return Tokenized(tok, tokens, eos_id, tok_hit and hit)
+
+
+def user_tokens(
+    documents: list[str], fingerprint: str, user: UserTokenizer, cfg: DataConfig,
+    progress: bool = False,
+) -> Tokenized:
+    """The corpus encoded with the user's tokenizer file (cached by corpus, file hash and EOS)."""
+    text = f"{_FILE_KEY_VERSION}:{fingerprint}:{user.sha256}:{user.eos_id}"
+    key = hashlib.sha256(text.encode()).hexdigest()[:20]
+    path = cache_dir(cfg) / f"tokens-file-{key}.npy"
+    if progress and not path.exists():
+        print(f"[data] encoding {len(documents)} documents with {user.describe()}",
+              file=sys.stderr)
+    tokens, hit = _cached_tokens(path, user.tokenizer, documents, user.eos_id, progress)
+    return Tokenized(user.tokenizer, tokens, user.eos_id, hit)
