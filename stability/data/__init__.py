@@ -1,4 +1,7 @@
-"""Data pipeline: corpus -> byte-level BPE (trained locally, cached) -> packed sequences -> batches.
+"""Data pipeline: corpus -> tokenizer -> packed sequences -> batches.
+
+The corpus is text (stdlib, files, JSONL, Parquet) or tokens (.npy/.bin); the tokenizer is a
+byte-level BPE trained locally (cached) or the user's own `tokenizer.json` (`data.tokenizer`).
 
 `build_data(cfg, vocab_size=..., seq_len=..., seed=...)` returns a `PackedData` whose
 `train_batch(step, batch_size)` is a pure function of (seed, step, batch_size), with optional

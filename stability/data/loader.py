@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from .config import DataConfig
 from .corpus import TextCorpus, TokenCorpus, load_corpus
-from .hf_tokenizer import UserTokenizer, load_user_tokenizer
+from .hf_tokenizer import UserTokenizer, id_count, load_user_tokenizer
 from .ngrams import inject_repeats, repeated_ngram_mask
 from .packing import pack
 from .tokenizer import Tokenized, tokenizer_and_tokens, user_tokens
@@ -144,6 +144,7 @@ def _tokenize(
 
 def _stats(corpus: TextCorpus | TokenCorpus, stream: np.ndarray, vocab_used: int, hit: bool,
            tokenizer: str) -> dict:
+    """What was read and how it was tokenized (printed by the CLI, kept on `PackedData`)."""
     if isinstance(corpus, TextCorpus):
         documents, n_bytes = len(corpus.documents), corpus.n_bytes
     else:
@@ -170,7 +171,7 @@ def build_data(
     if isinstance(corpus, TextCorpus):
         done, fingerprint, tok_desc = _tokenize(corpus, user, cfg, vocab_size, progress)
         tok, stream, eos_id, hit = done.tokenizer, done.tokens, done.eos_id, done.cache_hit
-        vocab_used = user.n_ids if user else tok.get_vocab_size()
+        vocab_used = id_count(tok)
     else:
         tok, stream, hit, fingerprint = None, corpus.tokens, True, corpus.fingerprint
         eos_id = corpus.eos_id
