@@ -24,7 +24,7 @@ class ModelConfig:
     n_layers: int = 12
     n_heads: int = 12
     n_kv_heads: int | None = None  # None: same as n_heads (multi-head attention)
-    mlp_hidden: int | None = None  # None: 8/3 * d_model rounded up to a multiple of 128
+    mlp_hidden: int | None = None  # None: int(8/3 * d_model) rounded up to a multiple of 256
     max_seq_len: int = 4096
     rope_theta: float = 500_000.0
     norm_type: str = "rms"
@@ -42,7 +42,8 @@ class ModelConfig:
         "norm_type": ("rms", "layernorm", "layernorm_nonparam"),
         "block": ("pre_norm", "post_norm", "reordered_norm", "peri_norm"),
         "qk_norm": ("none", "full", "per_head"),
-        "init": ("normal", "mitchell", "megatron", "llama_depth", "fan_in"),
+        "init": ("normal", "mitchell", "full_megatron", "llama", "llama_depth", "fan_in",
+                 "megatron", "megatron_depth"),
         "attention": ("auto", "xformers", "sdpa", "eager"),
     }
 
@@ -56,10 +57,11 @@ class ModelConfig:
 
     @property
     def hidden(self) -> int:
-        """The SwiGLU hidden width actually used."""
+        """The SwiGLU hidden width actually used; unset, OLMo-core's `llama_like` rounding
+        (int(8 d / 3), then up to a multiple of 256)."""
         if self.mlp_hidden is not None:
             return self.mlp_hidden
-        return 128 * math.ceil(8 * self.d_model / 3 / 128)
+        return 256 * math.ceil(int(8 * self.d_model / 3) / 256)
 
     def validate(self, section: str = "model") -> None:
         """Raise `ConfigError` naming the first bad key; checks value ranges and choices."""

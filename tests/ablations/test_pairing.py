@@ -16,27 +16,32 @@ def _cells(seed: int):
     return {c.arm: c for c in load_spec("quick").cells() if c.seed == seed}
 
 
+def _tensor(m: torch.nn.Module, name: str) -> torch.Tensor:
+    module, _, attr = name.rpartition(".")
+    return getattr(m.get_submodule(module), attr)
+
+
 def test_same_seed_same_init_draws_in_every_arm_where_shapes_match():
     """Same-shaped tensors are identical across arms with the same init scheme; under another
     scheme (olmo0424's mitchell) they are the same standard draws scaled by their own std."""
     cells = _cells(0)
     built = {arm: model.build(c.config.model, generator=init_generator(0)) for arm, c in cells.items()}
-    base = dict(built["olmo2"].named_parameters())
     base_std = expected_std(cells["olmo2"].config.model)
     for arm, m in built.items():
         std = expected_std(cells[arm].config.model)
         compared = 0
-        for name, p in m.named_parameters():
-            if name not in base or base[name].shape != p.shape or name not in std:
+        for name, s in std.items():
+            p, b = _tensor(m, name), _tensor(built["olmo2"], name)
+            if name not in base_std or b.shape != p.shape:
                 continue
             compared += 1
-            if std[name] == base_std[name]:
-                assert torch.equal(p, base[name]), (arm, name)
+            if s == base_std[name]:
+                assert torch.equal(p, b), (arm, name)
             else:
-                torch.testing.assert_close(p / std[name], base[name] / base_std[name], rtol=0, atol=1e-6)
-        assert compared >= 4 * 4 + 2, arm  # every block's matrices, embedding and head
+                torch.testing.assert_close(p / s, b / base_std[name], rtol=0, atol=1e-6)
+        assert compared >= 4 * 7 + 2, arm  # every block's tensors, embedding and head
     other = model.build(cells["olmo2"].config.model, generator=init_generator(1))
-    assert not torch.equal(dict(other.named_parameters())["embed.weight"], base["embed.weight"])
+    assert not torch.equal(other.embed.weight, built["olmo2"].embed.weight)
 
 
 def test_same_seed_same_batches_in_every_arm():

@@ -1,4 +1,8 @@
-"""Init schemes: formula values, empirical std of truncated normals, cutoff, determinism."""
+"""Init schemes: formula values, empirical std of (truncated) normals, cutoff, determinism.
+
+The schemes named after a reference are compared with the reference itself in
+tests/reference/test_reference_init.py; here each formula is written out by hand.
+"""
 
 import dataclasses
 import math
@@ -7,9 +11,9 @@ import pytest
 import torch
 
 from model import ModelConfig, Transformer, build, expected_std
-from model.init import init_weights
+from model.init import init_plan, init_weights
 
-MID = ModelConfig(vocab_size=4096, d_model=512, n_layers=4, n_heads=8, mlp_hidden=1536,
+MID = ModelConfig(vocab_size=4096, d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, mlp_hidden=1536,
                   max_seq_len=64, init_cutoff=3.0)
 SCHEMES = ModelConfig.CHOICES["init"]
 
@@ -21,6 +25,12 @@ def truncated_std(std: float, c: float) -> float:
     return std * math.sqrt(1 - 2 * c * phi / mass)
 
 
+def tensor(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """A plan entry's tensor: a parameter or a view such as `blocks.0.attn.q_weight`."""
+    module, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(module), attr)
+
+
 @pytest.fixture(scope="module", params=SCHEMES)
 def initialised(request):
     cfg = dataclasses.replace(MID, init=request.param)
@@ -29,54 +39,93 @@ def initialised(request):
 
 def test_empirical_std_cutoff_and_norms(initialised):
     cfg, model = initialised
-    stds = expected_std(cfg)
+    plan = init_plan(cfg)
+    covered = sum(tensor(model, name).numel() for name in plan)
     params = dict(model.named_parameters())
-    assert set(stds) == {n for n, p in params.items() if p.ndim == 2}
+    assert covered == sum(p.numel() for p in params.values() if p.ndim == 2)
+    for name, draw in plan.items():
+        t = tensor(model, name).detach().float()
+        want = truncated_std(draw.std, 3.0) if draw.truncated else draw.std
+        assert abs(t.std().item() / want - 1) < 0.05, (name, t.std().item(), want)
+        if draw.truncated:
+            assert t.abs().max().item() <= 3.0 * draw.std * (1 + 1e-6), name
+        else:
+            assert t.abs().max().item() > 3.5 * draw.std, name  # a plain normal has tails
     for name, p in params.items():
-        if name not in stds:
+        if p.ndim == 1:
             assert torch.equal(p, torch.ones_like(p)), name  # norm weights
-            continue
-        std = stds[name]
-        emp = p.float().std().item()
-        assert abs(emp / truncated_std(std, 3.0) - 1) < 0.05, (name, emp, std)
-        assert p.abs().max().item() <= 3.0 * std * (1 + 1e-6), name
+
+
+def test_scheme_names_are_the_config_choices():
+    from model.init import SCHEMES as TABLE
+
+    assert tuple(TABLE) == SCHEMES
 
 
 def test_formula_values_by_hand():
-    d, h, L = 512, 1536, 4
-    mitchell = expected_std(dataclasses.replace(MID, init="mitchell"))
-    assert mitchell["blocks.2.attn.o_proj.weight"] == pytest.approx(1 / math.sqrt(2 * 512 * 3))
-    assert mitchell["blocks.0.mlp.down_proj.weight"] == pytest.approx(1 / math.sqrt(2 * h * 1))
-    assert mitchell["blocks.3.mlp.down_proj.weight"] == pytest.approx(1 / math.sqrt(2 * h * 4))
-    for name in ("embed.weight", "lm_head.weight", "blocks.1.attn.qkv_proj.weight",
-                 "blocks.3.mlp.gate_up_proj.weight"):
-        assert mitchell[name] == pytest.approx(1 / math.sqrt(d)), name
+    d, h, L, s = 512, 1536, 4, 0.02
+    plan = {init: init_plan(dataclasses.replace(MID, init=init)) for init in SCHEMES}
+    std = {init: {k: v.std for k, v in p.items()} for init, p in plan.items()}
 
-    normal = expected_std(dataclasses.replace(MID, init="normal", init_std=0.02))
-    assert set(normal.values()) == {0.02}
+    m = std["mitchell"]
+    assert m["blocks.2.attn.o_proj.weight"] == pytest.approx(1 / math.sqrt(2 * d * 3))
+    assert m["blocks.0.mlp.down_proj.weight"] == pytest.approx(1 / math.sqrt(2 * h * 1))
+    assert m["blocks.3.mlp.down_proj.weight"] == pytest.approx(1 / math.sqrt(2 * h * 4))
+    for name in ("embed.weight", "lm_head.weight", "blocks.1.attn.k_weight", "blocks.3.mlp.up_weight"):
+        assert m[name] == pytest.approx(1 / math.sqrt(d)), name
 
-    megatron = expected_std(dataclasses.replace(MID, init="megatron"))
-    assert megatron["blocks.0.attn.o_proj.weight"] == pytest.approx(0.02 / math.sqrt(2 * L))
-    assert megatron["blocks.3.mlp.down_proj.weight"] == pytest.approx(0.02 / math.sqrt(8))
-    assert megatron["embed.weight"] == megatron["blocks.2.mlp.gate_up_proj.weight"] == 0.02
+    assert set(std["normal"].values()) == {s}
 
-    llama = expected_std(dataclasses.replace(MID, init="llama_depth"))
-    assert llama["blocks.0.attn.o_proj.weight"] == pytest.approx(0.02 / math.sqrt(2))
-    assert llama["blocks.2.mlp.down_proj.weight"] == pytest.approx(0.02 / math.sqrt(6))
-    assert llama["lm_head.weight"] == 0.02
+    fm = std["full_megatron"]
+    assert fm["blocks.0.attn.o_proj.weight"] == fm["blocks.3.mlp.down_proj.weight"] == pytest.approx(
+        s / math.sqrt(2 * L))
+    assert fm["embed.weight"] == fm["blocks.2.mlp.up_weight"] == fm["blocks.1.attn.q_weight"] == s
+    assert fm["lm_head.weight"] == pytest.approx(1 / math.sqrt(d))
 
-    fan_in = expected_std(dataclasses.replace(MID, init="fan_in"))
-    assert fan_in["blocks.1.mlp.down_proj.weight"] == pytest.approx(1 / math.sqrt(h))
-    assert fan_in["blocks.1.attn.o_proj.weight"] == pytest.approx(1 / math.sqrt(d))
-    assert fan_in["embed.weight"] == fan_in["lm_head.weight"] == pytest.approx(1 / math.sqrt(d))
+    for init, depth in (("llama", lambda i: L), ("llama_depth", lambda i: i + 1)):
+        ll = std[init]
+        for i in range(L):
+            for part in ("attn.o_proj.weight", "mlp.up_weight", "mlp.down_proj.weight"):
+                assert ll[f"blocks.{i}.{part}"] == pytest.approx(s / math.sqrt(2 * depth(i))), (init, part)
+            assert ll[f"blocks.{i}.mlp.gate_weight"] == ll[f"blocks.{i}.attn.v_weight"] == s
+        assert plan[init]["embed.weight"].std == 1.0 and not plan[init]["embed.weight"].truncated
+        assert ll["lm_head.weight"] == pytest.approx(1 / math.sqrt(d))
+
+    fi = std["fan_in"]
+    assert fi["blocks.1.mlp.down_proj.weight"] == pytest.approx(1 / math.sqrt(h))
+    assert fi["blocks.1.attn.o_proj.weight"] == pytest.approx(1 / math.sqrt(8 * 64))
+    assert fi["blocks.0.mlp.gate_weight"] == fi["blocks.0.attn.k_weight"] == pytest.approx(1 / math.sqrt(d))
+    assert fi["embed.weight"] == 1.0 and not plan["fan_in"]["embed.weight"].truncated
+    assert fi["lm_head.weight"] == pytest.approx(1 / math.sqrt(d))
+
+    mg, md = std["megatron"], std["megatron_depth"]
+    assert mg["blocks.0.attn.o_proj.weight"] == pytest.approx(s / math.sqrt(2 * L))
+    assert md["blocks.2.mlp.down_proj.weight"] == pytest.approx(s / math.sqrt(6))
+    assert mg["embed.weight"] == mg["lm_head.weight"] == md["lm_head.weight"] == md["blocks.2.mlp.up_weight"] == s
 
     tied = expected_std(dataclasses.replace(MID, tie_embeddings=True))
     assert "lm_head.weight" not in tied
 
 
+def test_fused_parts_with_different_stds_are_scaled_standard_draws():
+    """llama gives gate and up different stds inside one fused matrix: one standard draw, each
+    half scaled by its own std (the same standard draws as a scheme where they agree)."""
+    cfg = dataclasses.replace(MID, vocab_size=256, d_model=64, n_heads=4, n_kv_heads=None,
+                              mlp_hidden=128, init="llama")
+    model = build(cfg, generator=torch.Generator().manual_seed(3))
+    mlp = model.blocks[1].mlp
+    gate_std, up_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
+    assert mlp.gate_weight.abs().max() <= 3 * gate_std * (1 + 1e-6)
+    assert mlp.up_weight.abs().max() <= 3 * up_std * (1 + 1e-6)
+    assert mlp.up_weight.abs().max() > 2.5 * up_std
+    standard = torch.cat([mlp.gate_weight / gate_std, mlp.up_weight / up_std])
+    assert standard.abs().max() <= 3.0 * (1 + 1e-6)
+
+
 @pytest.mark.parametrize("init", SCHEMES)
 def test_same_seed_same_weights(init):
-    cfg = dataclasses.replace(MID, vocab_size=256, d_model=64, n_heads=4, mlp_hidden=128, init=init)
+    cfg = dataclasses.replace(MID, vocab_size=256, d_model=64, n_heads=4, n_kv_heads=None,
+                              mlp_hidden=128, init=init)
     a = build(cfg, generator=torch.Generator().manual_seed(7))
     b = build(cfg, generator=torch.Generator().manual_seed(7))
     c = build(cfg, generator=torch.Generator().manual_seed(8))
@@ -88,8 +137,8 @@ def test_same_seed_same_weights(init):
 
 
 def test_init_weights_resets_norms_and_tied_head():
-    cfg = dataclasses.replace(MID, vocab_size=256, d_model=64, n_heads=4, mlp_hidden=128,
-                              tie_embeddings=True, norm_type="layernorm")
+    cfg = dataclasses.replace(MID, vocab_size=256, d_model=64, n_heads=4, n_kv_heads=None,
+                              mlp_hidden=128, tie_embeddings=True, norm_type="layernorm")
     model = Transformer(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -98,3 +147,9 @@ def test_init_weights_resets_norms_and_tied_head():
     assert model.lm_head.weight is model.embed.weight
     assert torch.equal(model.final_norm.weight, torch.ones(64))
     assert model.embed.weight.abs().max() <= 0.06 + 1e-6
+
+
+def test_unset_mlp_hidden_rounds_as_olmo_core():
+    """int(8 d / 3) rounded up to a multiple of 256 (OLMo-core's llama_like), by hand."""
+    for d, hidden in ((128, 512), (256, 768), (512, 1536), (768, 2048), (4096, 11008)):
+        assert dataclasses.replace(MID, d_model=d, n_heads=4, mlp_hidden=None).hidden == hidden
