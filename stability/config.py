@@ -31,11 +31,11 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     embedding_weight_decay: bool = False  # OLMo 2: no decay on embeddings
+    norm_weight_decay: bool = True  # OLMo 2: norm scales (QK-norm too) decay (decay_norm_and_bias)
     independent_weight_decay: bool = False  # Wortsman et al.: decay scaled by schedule, not by lr
-    skip_step: bool = False  # OLMo-core: skip updates whose loss or grad norm is an outlier
-    skip_step_sigma: float = 6.0
-    skip_step_window: int = 128
-    skip_step_min_history: int = 64
+    skip_step: bool = False  # OLMo-core's SkipStepAdamW: skip updates whose CE loss or grad norm
+    skip_step_sigma: float = 6.0  # exceeds mean + sigma std of the previous window (judged once
+    skip_step_window: int = 128  # window // 2 values are known, counting the current one)
     clip_grad_norm: float = 1.0  # global-norm clipping threshold; 0 = off
 
     def validate(self, section: str = "optim") -> None:
@@ -45,11 +45,8 @@ class OptimConfig:
             raise ConfigError(f"{section}.betas: need two values in [0, 1), got {self.betas}")
         if self.skip_step_sigma <= 0:
             raise ConfigError(f"{section}.skip_step_sigma: must be > 0, got {self.skip_step_sigma}")
-        if not 2 <= self.skip_step_min_history <= self.skip_step_window:
-            raise ConfigError(
-                f"{section}.skip_step_min_history: must be in [2, skip_step_window="
-                f"{self.skip_step_window}], got {self.skip_step_min_history}"
-            )
+        if self.skip_step_window < 6:  # judged from window // 2 values on: std needs >= 2 before
+            raise ConfigError(f"{section}.skip_step_window: must be >= 6, got {self.skip_step_window}")
 
 
 @dataclass
@@ -118,18 +115,21 @@ class ProbesConfig:
     every: int = 10  # per-layer grads, params, updates, activations, logits every N steps
     attn_every: int = 50  # attention logits / entropy / q,k norms recomputed every N steps
     attn_batch: int = 2  # rows of the step's batch the attention probe uses
-    spikes: bool = True  # online spike detectors (OLMo 2 and OLMo-core rules)
+    spikes: bool = True  # online spike detectors (OLMo 2, OLMo-core and the per-series rule)
     spike_window: int = 1000  # OLMo 2 score: |x - mean| >= spike_sigma std of the previous window
     spike_sigma: float = 7.0
-    online_window: int = 128  # OLMo-core monitor: x > mean + online_sigma std of the previous
-    online_sigma: float = 6.0  # window (judged once online_window // 2 values are known)
+    olmo_core_window: int = 128  # OLMo-core's StabilityMonitorCallback: window_size,
+    olmo_core_sigma: float = 6.0  # threshold_std,
+    olmo_core_score_window: int = 10000  # rolling_window (steps of the running score)
+    online_window: int = 128  # per-series rule: x > mean + online_sigma std (sample) of the
+    online_sigma: float = 6.0  # previous window (judged once online_window // 2 values are known)
     layers: list[int] = field(default_factory=list)  # layers probed for attention and logged
     # per layer to MLflow ([] = all); the dense artifact always has every layer's grads
 
     def validate(self, section: str = "probes") -> None:
         _positive(section, self, "every", "attn_every", "attn_batch", "spike_sigma",
-                  "online_sigma")
-        for key in ("spike_window", "online_window"):
+                  "online_sigma", "olmo_core_sigma", "olmo_core_score_window")
+        for key in ("spike_window", "online_window", "olmo_core_window"):
             if getattr(self, key) < 4:
                 raise ConfigError(f"{section}.{key}: must be >= 4, got {getattr(self, key)}")
         if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
@@ -178,7 +178,7 @@ class RunConfig:
                 f"train.seq_len: {self.train.seq_len} exceeds model.max_seq_len "
                 f"{self.model.max_seq_len}"
             )
-        if self.data.tokenizer_vocab > self.model.vocab_size:
+        if not self.data.tokenizer and self.data.tokenizer_vocab > self.model.vocab_size:
             raise ConfigError(
                 f"data.tokenizer_vocab: {self.data.tokenizer_vocab} exceeds model.vocab_size "
                 f"{self.model.vocab_size}"

@@ -17,14 +17,17 @@ from stability.distributed import local_tensor
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Split parameters into `decay` (matrices), `embed` (embeddings) and `no_decay` (norm scales).
+    """Split parameters into `decay` (matrices), `embed` (embeddings) and `norms` (norm scales,
+    QK-norm included: every 1-D parameter, the model has no biases).
 
-    Embeddings decay only when `embedding_weight_decay` (OLMo-0424 did, OLMo 2 does not). With
+    Embeddings decay only with `embedding_weight_decay` (OLMo-0424 did, OLMo 2 does not); norm
+    scales with `norm_weight_decay` (OLMo 2's released configs: `decay_norm_and_bias: true`, and
+    OLMo-core's OLMo 2 recipe decays every parameter but the embeddings). With
     `independent_weight_decay` the group value is `wd / lr`, so torch's `lr_t * wd'` becomes
     `schedule(t) * wd` (Wortsman et al. 2023).
     """
     embed = model.get_submodule("embed").weight
-    groups: dict[str, list[nn.Parameter]] = {"decay": [], "embed": [], "no_decay": []}
+    groups: dict[str, list[nn.Parameter]] = {"decay": [], "embed": [], "norms": []}
     for _, p in model.named_parameters():  # tied weights appear once
         if not p.requires_grad:
             continue
@@ -33,9 +36,10 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
         elif p.ndim >= 2:
             groups["decay"].append(p)
         else:
-            groups["no_decay"].append(p)
+            groups["norms"].append(p)
     wd = cfg.weight_decay / cfg.lr if cfg.independent_weight_decay else cfg.weight_decay
-    decay_of = {"decay": wd, "embed": wd if cfg.embedding_weight_decay else 0.0, "no_decay": 0.0}
+    decay_of = {"decay": wd, "embed": wd if cfg.embedding_weight_decay else 0.0,
+                "norms": wd if cfg.norm_weight_decay else 0.0}
     return [
         {"name": name, "params": params, "weight_decay": decay_of[name]}
         for name, params in groups.items()
@@ -92,34 +96,53 @@ class AdamW(torch.optim.Optimizer):
 
 
 class SkipStep:
-    """OLMo-core's skip-step rule on device: skip when loss or grad norm > mean + sigma * std of
-    the previous `window` values, once `min_history` values are known. Returns the step factor."""
+    """OLMo-core's `SkipStepOptimizer` decision on device, step for step.
 
-    def __init__(self, window: int, min_history: int, sigma: float, device: torch.device) -> None:
-        self.window, self.min_history, self.sigma = window, min_history, sigma
-        self.history = torch.zeros(2, window, dtype=torch.float32, device=device)
-        self.count = torch.zeros((), dtype=torch.long, device=device)
+    OLMo-core keeps the last `window + 1` CE losses and grad norms (the current one included) and
+    skips unless `x - mean <= sigma * std` for both, over the previous values (torch.std_mean:
+    sample std), once it holds `max(2, window // 2)` values counting the current one. A NaN or
+    inf in the current value or in the window fails that test, so such steps are skipped too.
+    Without clipping OLMo-core's train module never sets a grad norm: the loss alone decides
+    (`grad_norm=None`). The host counts the steps, so the window is a contiguous slice and the
+    reduction is the same `std_mean` over the same values in the same order: no host sync.
+    Returns the step factor (1 = apply, 0 = skip).
+    """
 
-    def __call__(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
-        values = torch.stack([loss.detach().float(), grad_norm.detach().float()])
-        n = self.count.clamp(max=self.window)
-        valid = (torch.arange(self.window, device=values.device) < n).float()
-        denom = n.clamp(min=2).float()
-        mean = (self.history * valid).sum(1) / n.clamp(min=1).float()
-        var = (((self.history - mean[:, None]) * valid) ** 2).sum(1) / (denom - 1)
-        outlier = (values - mean) > self.sigma * var.sqrt()
-        skip = (self.count >= self.min_history) & outlier.any()
-        slot = (self.count % self.window).view(1)
-        self.history.index_copy_(1, slot, values.view(2, 1))
+    def __init__(self, window: int, sigma: float, device: torch.device) -> None:
+        self.window, self.sigma = window, sigma
+        self.min_values = max(2, window // 2)
+        # Oldest first; the newest value is at index -1 of each row. Rows: loss, grad norm.
+        self.history = torch.zeros(2, window + 1, dtype=torch.float32, device=device)
+        self.count = 0  # values seen (host side)
+
+    @classmethod
+    def from_config(cls, cfg: OptimConfig, device: torch.device) -> SkipStep:
+        return cls(cfg.skip_step_window, cfg.skip_step_sigma, device)
+
+    def __call__(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> torch.Tensor:
+        use_grad = grad_norm is not None
+        current = torch.stack([loss.detach().float(),
+                               (grad_norm if use_grad else loss).detach().float()])
+        self.history.copy_(torch.cat([self.history[:, 1:], current[:, None]], dim=1))
         self.count += 1
-        return 1.0 - skip.float()
+        if self.count < self.min_values:
+            return torch.ones((), device=self.history.device)
+        n = min(self.count - 1, self.window)  # previous values in the window
+        ok = self._within(self.history[0], n)
+        if use_grad:
+            ok = ok & self._within(self.history[1], n)
+        return ok.float()
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"history": self.history.clone(), "count": self.count.clone()}
+    def _within(self, row: torch.Tensor, n: int) -> torch.Tensor:
+        std, mean = torch.std_mean(row[-1 - n:-1].contiguous())
+        return (row[-1] - mean) <= self.sigma * std
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history.clone(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history.copy_(state["history"])
-        self.count.copy_(state["count"])
+        self.count = int(state["count"])
 
 
 @torch.no_grad()

@@ -124,8 +124,7 @@ class Trainer:
         self.params = self.probes.params
         o = cfg.optim
         self.optimizer = AdamW(param_groups(self.model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        self.skip = (SkipStep(o.skip_step_window, o.skip_step_min_history, o.skip_step_sigma,
-                              self.device) if o.skip_step else None)
+        self.skip = SkipStep.from_config(o, self.device) if o.skip_step else None
         self.step = 0
         self.tokens_seen = 0
         self.run_id: str | None = None
@@ -177,7 +176,9 @@ class Trainer:
             grad_norm, clip_coef, tensor_norms = clip_grad_norm_(self.params, cfg.optim.clip_grad_norm,
                                                                  reduce)
             parts, batch = reduce.global_parts(), batch.to(self.device)
-        factor = self.skip(parts.loss, grad_norm) if self.skip is not None else None
+        factor = None
+        if self.skip is not None:  # OLMo-core feeds the grad norm only when it clips
+            factor = self.skip(parts.ce, grad_norm if cfg.optim.clip_grad_norm > 0 else None)
         self.optimizer.step(factor)
         self.optimizer.zero_grad(set_to_none=True)
         skipped = 1.0 - factor if factor is not None else torch.zeros((), device=self.device)

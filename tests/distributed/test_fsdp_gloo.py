@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5
 COMMON = ("train.steps=4", "train.log_every=1", "train.checkpoint_every=2", "train.keep_checkpoints=3",
           "train.threads=1", "data.max_bytes=300000", "optim.eps=1e-6", "tracking.enabled=false",
-          "optim.skip_step=true", "optim.skip_step_min_history=2", "optim.skip_step_window=4")
+          "optim.skip_step=true", "optim.skip_step_window=6")
 
 
 def _overrides(ckpt: Path) -> list[str]:

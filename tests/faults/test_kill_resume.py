@@ -40,7 +40,7 @@ STEPS, CKPT, LOG = 40, 10, 5
 ARGS = (*TINY, "--run-name", "r", "--set", f"train.steps={STEPS}",
         "--set", f"train.checkpoint_every={CKPT}", "--set", f"train.log_every={LOG}",
         "--set", "train.eval_every=20", "--set", "optim.skip_step=true",
-        "--set", "optim.skip_step_min_history=4", "--set", "optim.skip_step_window=8")
+        "--set", "optim.skip_step_window=8")
 # Where the kills land: random on every run of the suite, reproducible with STABILITY_FAULT_SEED.
 SEED = int(os.environ.get("STABILITY_FAULT_SEED", time.time_ns() % 2**31))
 WALL_CLOCK = {"train/tokens_per_s"}  # a timing, not part of the trajectory

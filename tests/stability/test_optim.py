@@ -59,18 +59,28 @@ def test_factor_zero_skips_everything():
         assert torch.equal(v, state[k]), k
 
 
-def test_param_groups_embedding_decay_toggle():
+@pytest.mark.parametrize("embed", [False, True])
+@pytest.mark.parametrize("norms", [False, True])
+def test_param_groups_decay_toggles(embed, norms):
     toy = _Toy()
-    on = {g["name"]: g["weight_decay"] for g in param_groups(toy, OptimConfig(
-        weight_decay=0.1, embedding_weight_decay=True))}
-    off = {g["name"]: g["weight_decay"] for g in param_groups(toy, OptimConfig(
-        weight_decay=0.1, embedding_weight_decay=False))}
-    assert on == {"decay": 0.1, "embed": 0.1, "no_decay": 0.0}
-    assert off == {"decay": 0.1, "embed": 0.0, "no_decay": 0.0}
-    groups = param_groups(toy, OptimConfig())
+    groups = param_groups(toy, OptimConfig(weight_decay=0.1, embedding_weight_decay=embed,
+                                           norm_weight_decay=norms))
+    assert {g["name"]: g["weight_decay"] for g in groups} == {
+        "decay": 0.1, "embed": 0.1 if embed else 0.0, "norms": 0.1 if norms else 0.0}
     names = {g["name"]: [id(p) for p in g["params"]] for g in groups}
-    assert names["embed"] == [id(toy.embed.weight)]
-    assert names["no_decay"] == [id(toy.norm_weight)]
+    assert names == {"decay": [id(toy.proj.weight)], "embed": [id(toy.embed.weight)],
+                     "norms": [id(toy.norm_weight)]}
+
+
+def test_norm_weight_decay_decays_norm_scales():
+    """With zero gradients one step applies only the decay: norm scales shrink by lr * wd."""
+    toy = _Toy()
+    opt = AdamW(param_groups(toy, OptimConfig(lr=1e-2, weight_decay=0.1)), lr=1e-2,
+                betas=(0.9, 0.95), eps=1e-8)
+    for p in toy.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(toy.norm_weight.detach(), torch.full((4,), 1 - 1e-2 * 0.1))
 
 
 def test_independent_weight_decay_scales_with_schedule_not_lr():
@@ -90,28 +100,65 @@ def test_independent_weight_decay_scales_with_schedule_not_lr():
     torch.testing.assert_close(toy.proj.weight.detach(), w0 * (1 - sched * wd))
 
 
-def test_skip_step_rule_against_numpy():
+def _skip_rule(losses, norms, window, sigma):
+    """OLMo-core's SkipStepOptimizer decision written out: judge once max(2, window // 2) values
+    are known counting the current one; skip unless x - mean <= sigma * sample std of the
+    previous (up to `window`) values, for the loss and (when given) the grad norm."""
+    out = []
+    for t in range(len(losses)):
+        if t + 1 < max(2, window // 2):
+            out.append(1.0)
+            continue
+        ok = True
+        for series in (losses, norms) if norms is not None else (losses,):
+            prev = np.array(series[max(0, t - window):t], dtype=np.float64)
+            ok &= bool(series[t] - prev.mean() <= sigma * prev.std(ddof=1))
+        out.append(1.0 if ok else 0.0)
+    return out
+
+
+@pytest.mark.parametrize("with_norm", [True, False])
+def test_skip_step_rule_against_explicit_formula(with_norm):
     rng = np.random.default_rng(0)
-    losses = list(rng.normal(3.0, 0.05, 150))
-    norms = list(rng.normal(1.0, 0.1, 150))
+    losses = list(rng.normal(3.0, 0.05, 150).astype(np.float32))
+    norms = list(rng.normal(1.0, 0.1, 150).astype(np.float32))
     losses[100] = 9.0  # a loss spike after the history is full
     norms[120] = 5.0  # a grad-norm spike
-    losses[10] = 50.0  # before min_history: never skipped (and out of the window by t=100)
-    window, min_hist, sigma = 64, 32, 6.0
-    skip = SkipStep(window, min_hist, sigma, torch.device("cpu"))
-    got = [float(skip(torch.tensor(a), torch.tensor(b))) for a, b in zip(losses, norms)]
-    expected = []
-    for t in range(150):
-        if t < min_hist:
-            expected.append(1.0)
-            continue
-        flag = False
-        for series in (losses, norms):
-            prev = np.array(series[max(0, t - window):t])
-            flag |= series[t] - prev.mean() > sigma * prev.std(ddof=1)
-        expected.append(0.0 if flag else 1.0)
-    assert got == expected
-    assert got[100] == 0.0 and got[120] == 0.0 and got[10] == 1.0
+    losses[31] = 9.0  # the first judged step (32 values counting it, 31 previous)
+    window, sigma = 64, 6.0
+
+    def run(losses):
+        skip = SkipStep(window, sigma, torch.device("cpu"))
+        got = [float(skip(torch.tensor(a), torch.tensor(b) if with_norm else None))
+               for a, b in zip(losses, norms)]
+        assert got == _skip_rule(losses, norms if with_norm else None, window, sigma)
+        return got
+
+    got = run(losses)
+    assert got[100] == 0.0 and got[31] == 0.0
+    assert got[120] == (0.0 if with_norm else 1.0)
+    early = list(losses)
+    early[31], early[30] = early[32], 9.0  # one step before the first judged one: never skipped
+    assert run(early)[30] == 1.0
+
+
+def test_skip_step_skips_non_finite_and_while_it_is_in_the_window():
+    skip = SkipStep(8, 6.0, torch.device("cpu"))
+    losses = [1.0 + 0.01 * (i % 3) for i in range(30)]
+    losses[10] = float("nan")
+    got = [float(skip(torch.tensor(x), torch.tensor(1.0 + 0.01 * (i % 2))))
+           for i, x in enumerate(losses)]
+    assert got[10] == 0.0 and got[11:19] == [0.0] * 8 and got[19] == 1.0
+
+
+def test_skip_step_state_round_trip():
+    a, b = SkipStep(16, 6.0, torch.device("cpu")), SkipStep(16, 6.0, torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    for x in rng.normal(2, 0.1, 20):
+        a(torch.tensor(x), torch.tensor(1.0))
+    b.load_state_dict(a.state_dict())
+    for x in [2.0, 9.0, 2.1]:
+        assert torch.equal(a(torch.tensor(x), torch.tensor(1.0)), b(torch.tensor(x), torch.tensor(1.0)))
 
 
 def test_clip_matches_torch():

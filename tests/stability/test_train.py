@@ -54,7 +54,7 @@ class _Crash(Exception):
 
 def test_resume_is_bitwise_and_logs_each_step_once(tmp_path, monkeypatch):
     common = ("train.steps=20", "train.log_every=5", "train.checkpoint_every=10",
-              "optim.skip_step=true", "optim.skip_step_min_history=4", "optim.skip_step_window=8")
+              "optim.skip_step=true", "optim.skip_step_window=8")
     straight = Trainer(_cfg(tmp_path / "a", *common), progress=False)
     straight.run()
 
