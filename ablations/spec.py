@@ -292,7 +292,7 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
     if not isinstance(preset, str):
         raise ConfigError(f"preset: expected a string, got {preset!r}")
     if preset:
-        run_preset(preset)  # raises "preset: unknown preset ... (allowed: ...)"
+        run_preset(preset)  # raises "preset: unknown ... (allowed: ...)"
 
     seeds = data.get("seeds")
     if (
@@ -393,7 +393,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     """Read, check and fully resolve a spec; raises `ConfigError` (one line) on any problem.
 
     `overrides` are `--set`-style edits of the spec itself, applied before the checks, e.g.
-    `preset="olmo2-1b"`, `seeds=[0,1,2,3]` or `base.train.batch_size=64`. A name without a
+    `preset="olmo2-1B_v2"`, `seeds=[0,1,2,3]` or `base.train.batch_size=64`. A name without a
     directory or `.toml` suffix that is not a file is looked up among the bundled grids.
     """
     p = Path(path)

@@ -6,7 +6,7 @@ the table reports median tokens/s of each and the overhead of the probes at thei
 `probes.attn_every`, spike detectors at each read-out).
 
     python benchmarks/bench_probes.py                      # olmo2-small, CPU
-    python benchmarks/bench_probes.py --preset olmo2-150m --set train.batch_size=2
+    python benchmarks/bench_probes.py --preset olmo2-190M --set train.batch_size=2
 """
 
 from __future__ import annotations

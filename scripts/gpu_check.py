@@ -6,8 +6,8 @@
 (a) our attention kernels (`model.attention_backends`: sdpa, xformers, eager) against the fp32
     eager reference, outputs and q/k/v grads, fp32 (TF32 off, rel <= 1e-5) and bf16 (rel <= 1e-2),
     causal and block-diagonal (packed documents) masks, GQA (8 q heads, 2 kv heads);
-(b) `olmo2-150m` training, probes at their defaults vs off: tokens/s, MFU, probe overhead;
-(c) `olmo2-1b` at seq 4096, bf16, fused AdamW: probes at defaults vs off (and with `--compile`,
+(b) `olmo2-190M` training, probes at their defaults vs off: tokens/s, MFU, probe overhead;
+(c) `olmo2-1B_v2` at seq 4096, bf16, fused AdamW: probes at defaults vs off (and with `--compile`,
     `train.compile=true` too).
 
 Training rows drive `Trainer.train_step` directly (no eval, no checkpoint). The first steps warm
@@ -249,10 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     check_attention(table, args.quick or dry, device)
     data = ["data.max_bytes=300000"] if dry else DATA
     off, on = ["probes.enabled=false", *data], data
-    p150, p1b = ("olmo2-tiny", "olmo2-tiny") if dry else ("olmo2-150m", "olmo2-1b")
+    p150, p1b = ("olmo2-tiny", "olmo2-tiny") if dry else ("olmo2-190M", "olmo2-1B_v2")
     b150 = ["train.batch_size=8", "train.seq_len=1024"] if args.quick else []
     b150 = ["train.batch_size=2", "train.seq_len=64"] if dry else b150
-    check_training(table, "150m", p150, {"probes off": off + b150, "probes on": on + b150},
+    check_training(table, "190M", p150, {"probes off": off + b150, "probes on": on + b150},
                    steps, warmup, device)
     if not args.skip_1b:
         shape = [f"train.seq_len={64 if dry else 4096}", 'train.precision="bf16"',
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.compile:
             arms["compile, probes off"] = off + shape + ["train.compile=true"]
             arms["compile, probes defaults"] = on + shape + ["train.compile=true"]
-        check_training(table, "1b s4096", p1b, arms, steps, warmup, device)
+        check_training(table, "1B_v2 s4096", p1b, arms, steps, warmup, device)
 
     print(header)
     print(table.render())

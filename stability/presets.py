@@ -9,23 +9,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.config import ConfigError
-from model.presets import MODEL_PRESETS, model_preset, recipe_of
+from model.presets import MODEL_PRESETS, model_preset, recipe_of, unknown_preset
 from stability.config import RunConfig, apply_table
 
 # Training-side knobs that differ between the two recipes (the model-side ones live in model/).
+# Sources: docs/reference.md section 1 (the released configs OLMo2-7B-stage1.yaml and
+# OLMo-7B-0424.yaml: decay_norm_and_bias true in both, decay_embeddings false / true).
 RECIPE_RUN_KNOBS: dict[str, dict[str, dict[str, Any]]] = {
     "olmo2": {
-        "optim": {"eps": 1e-8, "embedding_weight_decay": False},
+        "optim": {"eps": 1e-8, "embedding_weight_decay": False, "norm_weight_decay": True},
         "loss": {"z_loss": 1e-5},
         "data": {"ngram_filter": True},
     },
     "olmo0424": {
-        "optim": {"eps": 1e-5, "embedding_weight_decay": True},
+        "optim": {"eps": 1e-5, "embedding_weight_decay": True, "norm_weight_decay": True},
         "loss": {"z_loss": 0.0},
         "data": {"ngram_filter": False},
     },
 }
+
+
+def _gpu_budget(steps: int, batch: int, seq: int, lr: float, warmup: int, max_mb: int) -> dict:
+    every = max(steps // 10, 100)
+    return {
+        "train": {"steps": steps, "batch_size": batch, "seq_len": seq, "log_every": 10,
+                  "eval_every": every, "checkpoint_every": min(every * 2, 1000)},
+        "optim": {"lr": lr},
+        "schedule": {"warmup_steps": warmup},
+        "data": {"max_bytes": max_mb * 1_000_000, "tokenizer_vocab": 32768},
+    }
+
+
+_SMALL_GPU = _gpu_budget(2000, 32, 1024, 6e-4, 200, 64)
+_MID_GPU = _gpu_budget(5000, 16, 4096, 4e-4, 500, 256)  # 4e-4: OLMo2-1B-stage1.yaml's peak LR
+_LARGE_GPU = _gpu_budget(10000, 16, 4096, 3e-4, 2000, 256)  # 3e-4: OLMo2-7B/13B-stage1.yaml
 
 # Budget and batch shape per size. tiny: tests; small: the CPU demo; the rest: GPU studies.
 SIZE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -43,38 +60,20 @@ SIZE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "schedule": {"warmup_steps": 30},
         "data": {"max_bytes": 4_000_000},
     },
-    "150m": {
-        "train": {"steps": 2000, "batch_size": 32, "seq_len": 1024, "log_every": 10,
-                  "eval_every": 200, "checkpoint_every": 500},
-        "optim": {"lr": 6e-4},
-        "schedule": {"warmup_steps": 200},
-        "data": {"max_bytes": 64_000_000, "tokenizer_vocab": 32768},
-    },
-    "1b": {
-        "train": {"steps": 5000, "batch_size": 16, "seq_len": 4096, "log_every": 10,
-                  "eval_every": 500, "checkpoint_every": 500},
-        "optim": {"lr": 4e-4},
-        "schedule": {"warmup_steps": 500},
-        "data": {"max_bytes": 256_000_000, "tokenizer_vocab": 32768},
-    },
-    "7b": {
-        "train": {"steps": 10000, "batch_size": 16, "seq_len": 4096, "log_every": 10,
-                  "eval_every": 1000, "checkpoint_every": 1000},
-        "optim": {"lr": 3e-4},
-        "schedule": {"warmup_steps": 2000},
-        "data": {"max_bytes": 256_000_000, "tokenizer_vocab": 32768},
-    },
+    **{size: _SMALL_GPU for size in ("14M", "30M", "60M", "100M", "190M", "370M")},
+    **{size: _MID_GPU for size in ("600M", "760M", "1B", "1B_v2", "3B")},
+    **{size: _LARGE_GPU for size in ("7B", "13B", "32B")},
 }
 
 
 def preset_names() -> list[str]:
-    return sorted(MODEL_PRESETS)
+    return list(MODEL_PRESETS)
 
 
 def run_preset(name: str) -> RunConfig:
     """A fresh `RunConfig` for preset `name` (e.g. `olmo2-small`)."""
     if name not in MODEL_PRESETS:
-        raise ConfigError(f"preset: unknown preset {name!r} (allowed: {', '.join(preset_names())})")
+        raise unknown_preset(name, "preset")
     recipe, _, size = name.partition("-")
     cfg = RunConfig(model=model_preset(name), preset=name)
     apply_table(cfg, RECIPE_RUN_KNOBS.get(recipe, {}))

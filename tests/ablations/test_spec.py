@@ -170,7 +170,7 @@ BAD = [
     (("name = \"g\"", "name = \"g\"\nbasline = 1"), "basline: unknown key (did you mean 'baseline'?"),
     (("name = \"g\"", "name = \"a b\""), "name: must be a non-empty string of [A-Za-z0-9._-]"),
     (("name = \"g\"\n", ""), "name: required"),
-    (("preset = \"olmo2-tiny\"", "preset = \"olmo2-huge\""), "preset: unknown preset 'olmo2-huge'"),
+    (("preset = \"olmo2-tiny\"", "preset = \"olmo2-huge\""), "preset: unknown 'olmo2-huge'"),
     (("train.batch_size = 4", "train.batch_sise = 4"),
      "base.train.batch_sise: unknown key (did you mean 'batch_size'?"),
     (("train.batch_size = 4", "train.seq_len = 100000"),
@@ -261,14 +261,14 @@ def test_quick_spec():
 
 def test_section3_spec():
     spec = load_spec(GRIDS_DIR / "olmo2_section3.toml")
-    assert spec.preset == "olmo2-150m" and spec.seeds == [0, 1, 2] and len(spec.arms) == 12
+    assert spec.preset == "olmo2-190M" and spec.seeds == [0, 1, 2] and len(spec.arms) == 12
     cells = {c.arm: c.config for c in spec.cells() if c.seed == 0}
     assert cells["olmo2"].schedule.warmup_steps == 100 and cells["olmo2"].train.steps == 2000
     assert run_recipe_of(cells["olmo0424"]) == "olmo0424"
     assert cells["no_qk_norm_clip8"].model.clip_qkv == 8.0
     assert cells["repeats"].data.inject_repeats == 0.02 and not cells["repeats"].data.ngram_filter
     assert cells["repeats_filtered"].data.ngram_filter
-    bigger = load_spec(GRIDS_DIR / "olmo2_section3.toml", overrides=['preset="olmo2-1b"'])
+    bigger = load_spec(GRIDS_DIR / "olmo2_section3.toml", overrides=['preset="olmo2-1B_v2"'])
     assert bigger.cells()[0].config.model.d_model == 2048
 
 
@@ -317,7 +317,7 @@ def test_quick_plan_is_minutes():
 
 
 def test_big_preset_plan_is_analytic():
-    spec = load_spec(GRIDS_DIR / "olmo2_section3.toml", overrides=['preset="olmo2-7b"', "seeds=[0]"])
+    spec = load_spec(GRIDS_DIR / "olmo2_section3.toml", overrides=['preset="olmo2-7B"', "seeds=[0]"])
     rows = plan_rows(spec)  # must not allocate 7B parameters
     assert 6.5e9 < rows[0]["params"] < 8e9
     assert "PFLOPs" in format_plan(spec)
@@ -361,8 +361,8 @@ def test_param_count_matches_model(name, preset, changes, use_build):
 
 def test_run_preset_sizes_are_consistent():
     """The analytic count is used above d_model 1024: sanity-check it on the big presets."""
-    assert 1.0e9 < param_count(run_preset("olmo2-1b").model) < 1.8e9
-    assert 6.5e9 < param_count(run_preset("olmo2-7b").model) < 8e9
+    assert 1.0e9 < param_count(run_preset("olmo2-1B_v2").model) < 1.8e9
+    assert 6.5e9 < param_count(run_preset("olmo2-7B").model) < 8e9
 
 
 def test_plan_states_each_cells_resources_and_ranks():

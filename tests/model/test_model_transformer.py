@@ -32,10 +32,14 @@ def test_presets_validate_and_name_their_recipe(name):
 def test_preset_shapes_and_copies():
     tiny = build(model_preset("olmo2-tiny"))
     assert 0.5e6 <= tiny.num_params() <= 2e6
-    seven = model_preset("olmo2-7b")
+    seven = model_preset("olmo2-7B")
     assert (seven.d_model, seven.n_layers, seven.n_heads, seven.hidden) == (4096, 32, 32, 11008)
-    one = model_preset("olmo2-1b")
+    one = model_preset("olmo2-1B_v2")
     assert (one.d_model, one.n_layers, one.hidden, one.vocab_size) == (2048, 16, 8192, 100352)
+    with pytest.raises(ConfigError, match="'olmo2-1b' is now 'olmo2-1B_v2'"):
+        model_preset("olmo2-1b")
+    with pytest.raises(ConfigError, match="did you mean 'olmo2-190M'"):
+        model_preset("olmo2-190m")
     cfg = model_preset("olmo2-tiny")
     cfg.d_model = 7
     assert model_preset("olmo2-tiny").d_model == 128

@@ -68,7 +68,7 @@ def test_xformers_on_cpu_is_a_config_error():
 
 
 def test_unknown_preset_lists_names():
-    with pytest.raises(ConfigError, match="preset: unknown preset 'olmo3-tiny'.*olmo2-tiny"):
+    with pytest.raises(ConfigError, match="preset: unknown 'olmo3-tiny' .*olmo2-tiny"):
         load_config("olmo3-tiny")
 
 
@@ -103,9 +103,13 @@ def test_presets_and_recipes():
     cfg = run_preset("olmo2-small")
     cfg.loss.z_loss = 0.0
     assert run_recipe_of(cfg) == "custom"
-    o2, o0 = run_preset("olmo2-7b"), run_preset("olmo0424-7b")
+    o2, o0 = run_preset("olmo2-7B"), run_preset("olmo0424-7B")
     assert (o2.optim.eps, o0.optim.eps) == (1e-8, 1e-5)
     assert (o2.optim.embedding_weight_decay, o0.optim.embedding_weight_decay) == (False, True)
+    assert o2.optim.norm_weight_decay and o0.optim.norm_weight_decay  # decay_norm_and_bias: true
+    cfg = run_preset("olmo2-small")
+    cfg.optim.norm_weight_decay = False
+    assert run_recipe_of(cfg) == "custom"
     assert (o2.loss.z_loss, o0.loss.z_loss) == (1e-5, 0.0)
     assert (o2.model.d_model, o2.model.n_layers, o2.model.n_heads) == (4096, 32, 32)
     RunConfig().validate()
