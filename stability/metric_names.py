@@ -48,10 +48,17 @@ LOGITS_MEAN = "logits/mean"
 LOGITS_LOG_Z_MEAN = "logits/log_z_mean"
 LOGITS_LOG_Z_MAX = "logits/log_z_max"
 
-SPIKE_SCORE_LOSS = "spike/score_loss"  # OLMo 2 definition, percent
+SPIKE_SCORE_LOSS = "spike/score_loss"  # OLMo 2 definition on the CE loss, percent
 SPIKE_SCORE_GRAD_NORM = "spike/score_grad_norm"
-SPIKE_ONLINE_LOSS = "spike/online_loss"  # OLMo-core 6 sigma / 128, fraction over 10000 steps
-SPIKE_ONLINE_GRAD_NORM = "spike/online_grad_norm"
+# OLMo-core's StabilityMonitorCallback (CE loss OR grad norm > mean + 6 std of a full window of
+# 128): the running score of the last 10000 steps once there are that many, else the total.
+SPIKE_OLMO_CORE = "spike/olmo_core"
+# ...and the callback's own two metrics under its names (MLflow allows no parentheses, so
+# OLMo-core's "spike/SpikeScore (total)" is "spike/SpikeScore_total" here).
+SPIKE_OLMO_CORE_RUNNING = "spike/SpikeScore"
+SPIKE_OLMO_CORE_TOTAL = "spike/SpikeScore_total"
+SPIKE_ONLINE_LOSS = "spike/online_loss"  # per-series variant: > 6 std of the previous 128, fraction
+SPIKE_ONLINE_GRAD_NORM = "spike/online_grad_norm"  # over the last 10000 steps
 SPIKE_COUNT = "spike/count"  # events so far, all series and rules
 SPIKES_ARTIFACT = "spikes.csv"
 

@@ -1,6 +1,7 @@
-"""Live spike detection for the trainer: both rules on the loss and grad-norm series, with
-attribution of each event to the layer whose grad norm deviated most and to rising attention
-logits or log Z (host side, fed at each read-out; state saved in checkpoints)."""
+"""Live spike detection for the trainer: the OLMo 2 score, OLMo-core's stability monitor and the
+per-series online rule on the CE loss and grad-norm series, with attribution of each event to the
+layer whose grad norm deviated most and to rising attention logits or log Z (host side, fed at
+each read-out; state saved in checkpoints)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from stability import metric_names as M
 from stability.config import ProbesConfig
 from stability.spikes import (
     OLMO2_RULE,
-    OLMO_CORE_RULE,
+    ONLINE_RULE,
+    OlmoCoreStability,
     OnlineSpikeDetector,
     SpikeEvent,
     SpikeRule,
@@ -28,11 +30,11 @@ ATTRIBUTION_WINDOW = 128  # steps of per-layer history an event is judged agains
 
 
 def rules_from(cfg: ProbesConfig) -> tuple[SpikeRule, SpikeRule]:
-    """The OLMo 2 and OLMo-core rules with the window and threshold of `cfg` (defaults: the
-    papers' 1000 / 7 sigma and 128 / 6 sigma)."""
+    """The OLMo 2 and per-series online rules with the window and threshold of `cfg` (defaults:
+    the OLMo 2 report's 1000 / 7 sigma and 128 / 6 sigma)."""
     olmo2 = dataclasses.replace(OLMO2_RULE, window=cfg.spike_window, sigma=cfg.spike_sigma,
                                 min_history=cfg.spike_window)
-    online = dataclasses.replace(OLMO_CORE_RULE, window=cfg.online_window, sigma=cfg.online_sigma,
+    online = dataclasses.replace(ONLINE_RULE, window=cfg.online_window, sigma=cfg.online_sigma,
                                  min_history=max(2, cfg.online_window // 2))
     return olmo2, online
 
@@ -46,14 +48,17 @@ class SpikeMonitor:
     """Online detectors + the recent history needed to attribute their events."""
 
     def __init__(self, cfg: ProbesConfig | None = None) -> None:
-        olmo2, online = rules_from(cfg or ProbesConfig())
-        # (series, detector, score metric): the four detectors of DESIGN.md's spike/* keys.
+        cfg = cfg or ProbesConfig()
+        olmo2, online = rules_from(cfg)
+        # (series, detector, score metric): one detector per rule and series.
         self.detectors = [
             (series, OnlineSpikeDetector(rule, series), key)
-            for series, rule, key in ((M.TRAIN_LOSS, olmo2, M.SPIKE_SCORE_LOSS),
+            for series, rule, key in ((M.TRAIN_CE_LOSS, olmo2, M.SPIKE_SCORE_LOSS),
                                       (M.GRAD_NORM, olmo2, M.SPIKE_SCORE_GRAD_NORM),
-                                      (M.TRAIN_LOSS, online, M.SPIKE_ONLINE_LOSS),
+                                      (M.TRAIN_CE_LOSS, online, M.SPIKE_ONLINE_LOSS),
                                       (M.GRAD_NORM, online, M.SPIKE_ONLINE_GRAD_NORM))]
+        self.olmo_core = OlmoCoreStability(cfg.olmo_core_window, cfg.olmo_core_sigma,
+                                           cfg.olmo_core_score_window)
         self.layer_norms: deque[list[float]] = deque(maxlen=ATTRIBUTION_WINDOW + 1)
         self.log_z: deque[float] = deque(maxlen=ATTRIBUTION_WINDOW + 1)
         self.attn_max: deque[float] = deque(maxlen=16)
@@ -74,25 +79,34 @@ class SpikeMonitor:
         new = []
         for series, detector, _ in self.detectors:
             event = detector.update(step, values[series])
-            if event is None:
-                continue
-            event.series = f"{series}@{detector.rule.name}"
-            norms = np.asarray(self.layer_norms, dtype=np.float64)
-            event.leading_layer, event.leading_sigma = attribute(
-                len(norms) - 1, norms, ATTRIBUTION_WINDOW)
-            event.log_z_rising = rising(np.asarray(self.log_z), len(self.log_z) - 1,
-                                        ATTRIBUTION_WINDOW)
-            if len(self.attn_max) >= 3:
-                event.attn_logit_rising = rising(np.asarray(self.attn_max), len(self.attn_max) - 1,
-                                                 len(self.attn_max) - 1)
+            if event is not None:
+                event.series = f"{series}@{detector.rule.name}"
+                new.append(event)
+        for event in self.olmo_core.update(step, {s: values[s] for s in (M.TRAIN_CE_LOSS, M.GRAD_NORM)}):
+            event.series = f"{event.series}@olmo_core"
             new.append(event)
+        for event in new:
+            self._attribute(event)
         self.events.extend(new)
         return new
+
+    def _attribute(self, event: SpikeEvent) -> None:
+        """Fill the event's leading layer and whether log Z and attention logits were rising."""
+        norms = np.asarray(self.layer_norms, dtype=np.float64)
+        event.leading_layer, event.leading_sigma = attribute(len(norms) - 1, norms, ATTRIBUTION_WINDOW)
+        event.log_z_rising = rising(np.asarray(self.log_z), len(self.log_z) - 1, ATTRIBUTION_WINDOW)
+        if len(self.attn_max) >= 3:
+            event.attn_logit_rising = rising(np.asarray(self.attn_max), len(self.attn_max) - 1,
+                                             len(self.attn_max) - 1)
 
     def scores(self) -> dict[str, float]:
         """The spike/* metrics now (detectors that have judged nothing yet are left out)."""
         out = {key: detector.score for _, detector, key in self.detectors}
-        out = {k: v for k, v in out.items() if v == v}  # drop NaN: nothing judged yet
+        out[M.SPIKE_OLMO_CORE] = self.olmo_core.score
+        out[M.SPIKE_OLMO_CORE_RUNNING] = self.olmo_core.running_score
+        out[M.SPIKE_OLMO_CORE_TOTAL] = self.olmo_core.total_score
+        # drop what has no value yet (NaN: nothing judged; None: OLMo-core's windows not full)
+        out = {k: v for k, v in out.items() if v is not None and v == v}
         out[M.SPIKE_COUNT] = float(self.count)
         return out
 
@@ -102,6 +116,7 @@ class SpikeMonitor:
     def state_dict(self) -> dict[str, Any]:
         return {
             "detectors": [d.state_dict() for _, d, _ in self.detectors],
+            "olmo_core": self.olmo_core.state_dict(),
             "layer_norms": [list(r) for r in self.layer_norms],
             "log_z": list(self.log_z),
             "attn_max": list(self.attn_max),
@@ -111,6 +126,7 @@ class SpikeMonitor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for (_, detector, _), s in zip(self.detectors, state["detectors"]):
             detector.load_state_dict(s)
+        self.olmo_core.load_state_dict(state["olmo_core"])
         self.layer_norms.extend(state["layer_norms"])
         self.log_z.extend(state["log_z"])
         self.attn_max.extend(state["attn_max"])

@@ -1,7 +1,11 @@
-"""Spike detection over host-side series (loss, grad norm): the OLMo 2 score and OLMo-core's monitor.
+"""Spike detection over host-side series (loss, grad norm): the OLMo 2 score, OLMo-core's
+stability monitor, and a per-series online variant.
 
-Definitions shared by both rules and both implementations (offline `detect_spikes`, online
-`OnlineSpikeDetector`), which agree exactly:
+`OlmoCoreStability` is OLMo-core's `StabilityMonitorCallback` value for value: the same float
+arithmetic on the same windows, so its flags and scores are the callback's (tests/reference/).
+
+The two `SpikeRule`s (`OLMO2_RULE` and the per-series `ONLINE_RULE`) share these definitions, in
+both implementations (offline `detect_spikes`, online `OnlineSpikeDetector`), which agree exactly:
 
 - The rolling window is the previous `window` *finite* values. Non-finite values never enter the
   window; a non-finite point is itself always a spike (and always counts as evaluated).
@@ -9,8 +13,8 @@ Definitions shared by both rules and both implementations (offline `detect_spike
   points are never spikes and are left out of the score's denominator.
 - std is the sample standard deviation (ddof=1), as the on-device skip-step (`stability.optim`).
 - Two-sided: |x - mean| >= sigma * std; one-sided: x - mean >= sigma * std; `inclusive=False`
-  makes the comparison strict (OLMo-core's `>`). A point equal to the mean is never a spike, so a
-  constant window flags only points that differ from it.
+  makes the comparison strict. A point equal to the mean is never a spike, so a constant window
+  flags only points that differ from it.
 - The decision is made in exact integer arithmetic (each float64 is a dyadic rational), so it has
   no rounding error and no running-sum drift: online and offline flags are bit-for-bit equal.
   Reported mean and std are the exact values correctly rounded to float64.
@@ -54,10 +58,11 @@ class SpikeRule:
 # Strict: a point is judged only with a full window of 1000 previous values.
 OLMO2_RULE = SpikeRule("olmo2", window=1000, sigma=7.0, one_sided=False, min_history=1000,
                        inclusive=True, score_window=None, percent=True)
-# OLMo-core online monitor (as its skip-step): > mean + 6 std of the previous 128 values, active
-# once 64 are known, a fraction over the last 10000 steps.
-OLMO_CORE_RULE = SpikeRule("olmo_core", window=128, sigma=6.0, one_sided=True, min_history=64,
-                           inclusive=False, score_window=10000, percent=False)
+# Per-series online variant: > mean + 6 std (sample std) of the previous 128 finite values, active
+# once 64 are known, each series scored on its own as a fraction over the last 10000 steps.
+# (OLMo-core's own monitor pools the series and judges only full windows: `OlmoCoreStability`.)
+ONLINE_RULE = SpikeRule("online", window=128, sigma=6.0, one_sided=True, min_history=64,
+                        inclusive=False, score_window=10000, percent=False)
 
 
 @dataclass
@@ -208,6 +213,95 @@ class OnlineSpikeDetector:
             state["count"], state["n_seen"], state["n_evaluated"], state["last_step"])
         self._recent = deque(zip(state["recent_steps"], state["recent_flags"]))
         self._recent_flags = sum(state["recent_flags"])
+
+
+class OlmoCoreStability:
+    """OLMo-core's `StabilityMonitorCallback` (olmo_core.train.callbacks), flag for flag.
+
+    Per step it judges the CE loss and the grad norm against the previous `window` values of
+    each (a point is a spike when it exceeds mean + sigma * std: population std, only with a full
+    window, never when std < 1e-10), then appends them; a step is a spike when either series is.
+    Like the callback, a non-finite value is never itself a spike but stays in its window, where
+    it blocks every flag until it has left. Scores: `running_score`, the spike fraction of the
+    last `score_window` steps (once that many were seen; OLMo-core's `spike/SpikeScore`), and
+    `total_score`, the fraction over all steps (once `window` were seen; `spike/SpikeScore
+    (total)`). `score` is the running one where it exists, else the total.
+    The arithmetic is the callback's (Python floats, same order), so results agree bit for bit.
+    """
+
+    MIN_STD = 1e-10
+
+    def __init__(self, window: int = 128, sigma: float = 6.0, score_window: int = 10000) -> None:
+        self.window, self.sigma, self.score_window = window, sigma, score_window
+        self.history: dict[str, deque[float]] = {}
+        self.flags: deque[bool] = deque(maxlen=score_window)
+        self.total_spikes = self.total_steps = self.recent_spikes = 0
+
+    @staticmethod
+    def _stats(history: deque[float]) -> tuple[float, float]:
+        mean = sum(history) / len(history)
+        variance = sum((x - mean) ** 2 for x in history) / len(history)
+        return mean, math.sqrt(variance)
+
+    def _judge(self, series: str, value: float) -> tuple[bool, float, float]:
+        """(spike?, mean, std) of `value` against its series' window, which it then joins."""
+        history = self.history.setdefault(series, deque(maxlen=self.window))
+        spike, mean, std = False, math.nan, math.nan
+        if len(history) >= self.window:
+            mean, std = self._stats(history)
+            spike = not std < self.MIN_STD and value > mean + self.sigma * std
+        history.append(value)
+        return spike, mean, std
+
+    def update(self, step: int, values: dict[str, float]) -> list[SpikeEvent]:
+        """Judge one step's values ({series: value}, e.g. CE loss and grad norm); the events of
+        the series that spiked."""
+        events = []
+        for series, value in values.items():
+            spike, mean, std = self._judge(series, float(value))
+            if spike:
+                events.append(SpikeEvent(int(step), series, float(value), _z(value, mean, std),
+                                         mean, std))
+        if len(self.flags) == self.score_window:
+            self.recent_spikes -= self.flags[0]
+        self.flags.append(bool(events))
+        self.recent_spikes += bool(events)
+        self.total_steps += 1
+        self.total_spikes += bool(events)
+        return events
+
+    @property
+    def running_score(self) -> float | None:
+        if len(self.flags) < self.score_window:
+            return None
+        return self.recent_spikes / self.score_window
+
+    @property
+    def total_score(self) -> float | None:
+        if self.total_steps < self.window:
+            return None
+        return self.total_spikes / self.total_steps
+
+    @property
+    def score(self) -> float | None:
+        running = self.running_score
+        return running if running is not None else self.total_score
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python containers only (loads with torch.load(weights_only=True))."""
+        return {"window": self.window, "sigma": self.sigma, "score_window": self.score_window,
+                "history": {k: list(v) for k, v in self.history.items()},
+                "flags": list(self.flags), "total_spikes": self.total_spikes,
+                "total_steps": self.total_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["window"], state["sigma"], state["score_window"]) != (
+                self.window, self.sigma, self.score_window):
+            raise ValueError("state is for another OLMo-core monitor configuration")
+        self.history = {k: deque(v, maxlen=self.window) for k, v in state["history"].items()}
+        self.flags = deque(state["flags"], maxlen=self.score_window)
+        self.recent_spikes = sum(self.flags)
+        self.total_spikes, self.total_steps = state["total_spikes"], state["total_steps"]
 
 
 def _check(values: np.ndarray, steps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

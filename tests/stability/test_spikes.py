@@ -15,7 +15,7 @@ import torch
 from stability.spikes import (
     EVENT_COLUMNS,
     OLMO2_RULE,
-    OLMO_CORE_RULE,
+    ONLINE_RULE,
     OnlineSpikeDetector,
     SpikeEvent,
     SpikeRule,
@@ -85,10 +85,10 @@ def test_default_rules_match_hand_loop():
     x = noisy(2500, 1)
     x[[1200, 1800]] += [0.5, -0.5]
     x[[300, 2100]] = [np.inf, np.nan]
-    for rule in (OLMO2_RULE, OLMO_CORE_RULE):
+    for rule in (OLMO2_RULE, ONLINE_RULE):
         assert detect_spikes(x, rule).tolist() == reference_flags(x.tolist(), rule)
     assert np.flatnonzero(detect_spikes(x, OLMO2_RULE)).tolist() == [300, 1200, 1800, 2100]
-    assert np.flatnonzero(detect_spikes(x, OLMO_CORE_RULE)).tolist() == [300, 1200, 2100]
+    assert np.flatnonzero(detect_spikes(x, ONLINE_RULE)).tolist() == [300, 1200, 2100]
 
 
 def test_exact_threshold_and_constant_window():
@@ -143,7 +143,7 @@ def test_exact_on_ties_and_extreme_scales(scale):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("rule", [SMALL_TWO, SMALL_ONE, OLMO2_RULE, OLMO_CORE_RULE,
+@pytest.mark.parametrize("rule", [SMALL_TWO, SMALL_ONE, OLMO2_RULE, ONLINE_RULE,
                                   SpikeRule("tiny", window=3, sigma=1.0, one_sided=False, min_history=2)],
                          ids=lambda r: r.name)
 def test_online_equals_offline(rule, seed):
@@ -195,7 +195,7 @@ def test_state_dict_resume(tmp_path):
     x = noisy(3000, 7)
     x[[1100, 1500, 2600]] += [1.0, -1.0, 2.0]
     x[2000] = np.nan
-    for rule in (OLMO2_RULE, OLMO_CORE_RULE):
+    for rule in (OLMO2_RULE, ONLINE_RULE):
         full, full_det = online_flags(x.tolist(), rule)
         first = OnlineSpikeDetector(rule, "grad")
         flags = [first.update(i, v) is not None for i, v in enumerate(x[:1700])]
@@ -252,7 +252,7 @@ def test_events_to_frame():
 
 def test_empty_and_all_nan():
     assert detect_spikes(np.array([]), OLMO2_RULE).tolist() == []
-    assert math.isnan(spike_score(np.array([]), OLMO_CORE_RULE))
+    assert math.isnan(spike_score(np.array([]), ONLINE_RULE))
     assert detect_spikes(np.full(3, np.nan), OLMO2_RULE).all()
     assert spike_score(np.full(3, np.nan), OLMO2_RULE) == 100.0
 
@@ -266,7 +266,7 @@ def test_bad_inputs():
 
 def test_timing_sanity(capsys):
     x = noisy(10_000, 11)
-    for rule in (OLMO2_RULE, OLMO_CORE_RULE):
+    for rule in (OLMO2_RULE, ONLINE_RULE):
         t0 = time.perf_counter()
         detect_spikes(x, rule)
         t1 = time.perf_counter()
