@@ -10,7 +10,8 @@ Frames (column order as in the constants below):
   (float), `CELL`, `RECIPE`, `STATUS` (running | finished | diverged | failed), `DIVERGED_AT_STEP`
   (Int64, NA unless diverged), `LAST_STEP` (Int64: the last step with a `train/loss` point)), then
   the per-run summaries in `SUMMARY_COLUMNS` (float64, NaN when the run has no such data).
-  A diverged or failed run keeps its row: tables show it, they never drop it.
+  A diverged or failed run keeps its row: tables show it, they never drop it. `DIRECTIONS` says
+  for each summary (and `DIVERGED_AT_STEP`) whether lower or higher is better, or neither.
 - `params`: one row per run, indexed by run id, one column per flattened config key
   (`model.d_model`, `optim.lr`, ...), values as MLflow stored them parsed back to int / float /
   bool / str where they parse.
@@ -66,6 +67,19 @@ SUMMARY_COLUMNS = (FINAL_EVAL_LOSS, BEST_EVAL_LOSS, FINAL_TRAIN_LOSS, LOSS_AT_IN
                    MAX_ATTN_LOGIT, FINAL_LOG_Z, SPIKE_SCORE_LOSS, SPIKE_SCORE_GRAD_NORM, N_SPIKES,
                    GROWTH_ACT, GROWTH_GRAD, D_MODEL, INIT)
 OBJECT_SUMMARIES = (INIT,)
+
+# Which way is better, per summary: statistics count a seed as better (or tied) only for metrics
+# with a direction. None: a diagnostic whose size is not a goal in itself. A lower max grad norm
+# or attention logit is what pre-norm or QK-norm do, not a better run; log Z and the growth
+# exponents describe the mechanism (z-loss, init) the recipes act on.
+LOWER, HIGHER = "lower", "higher"
+DIRECTIONS: dict[str, str | None] = {
+    FINAL_EVAL_LOSS: LOWER, BEST_EVAL_LOSS: LOWER, FINAL_TRAIN_LOSS: LOWER, LOSS_AT_INIT: None,
+    MAX_GRAD_NORM: None, MAX_ATTN_LOGIT: None, FINAL_LOG_Z: None,
+    SPIKE_SCORE_LOSS: LOWER, SPIKE_SCORE_GRAD_NORM: LOWER, N_SPIKES: LOWER,  # OLMo 2's stability measure
+    GROWTH_ACT: None, GROWTH_GRAD: None, D_MODEL: None, INIT: None,
+    DIVERGED_AT_STEP: HIGHER,  # later (or never) is better
+}
 RUN_COLUMNS = IDENTITY_COLUMNS + SUMMARY_COLUMNS
 
 SERIES_COLUMNS = (RUN_ID, "step", "metric", "value")

@@ -5,9 +5,11 @@ Conventions (REFERENCE.md sections 3 and 4):
 - Pairing. Seed s of every arm shares data order and init, so arms are compared with the baseline
   per seed: `diff = arm - baseline`. When the runs hold several learning rates, pairs are matched
   on (seed, lr); `compare_arms` gives one row per lr by default. Differences are on the raw values
-  (growth exponents included); the direction (`DEFAULT_DIRECTIONS`) only decides which side the
-  probability of improvement counts as better. Duplicate runs of one (arm, seed, lr): a finished
-  one wins over diverged, running, failed; then the later row.
+  (growth exponents included). Duplicate runs of one (arm, seed, lr): a finished one wins over
+  diverged, running, failed; then the later row.
+- Direction. `frames.DIRECTIONS` declares per metric whether lower or higher is better, or
+  neither. Only a metric with a direction gets seeds counted as better / tied / worse and a
+  probability of improvement (the share of seeds strictly better: a tie is a tie, not half a win).
 - Diverged runs are results, never dropped. For loss-like metrics (`LOSS_METRICS`) a diverged run
   counts as its `loss_at_init`; for any other metric it contributes its value as logged (NaN makes
   the pair unusable and is reported in the note; inf is kept: rank-based statistics handle it).
@@ -20,6 +22,8 @@ Conventions (REFERENCE.md sections 3 and 4):
   non-zero differences is at least 2 / 2**n, which is 0.0625 for n = 5 and 0.031 for n = 6, so
   below 6 non-zero differences it can never reach 0.05 and no p-value is reported. The paired t
   test reaches any p-value once it has one degree of freedom (n = 2), leaning fully on normality.
+  A row with too few pairs has no p-value and no per-row note about it (a small grid would say
+  so on every row): `too_few_pairs` finds those rows, so a report can say it once.
 """
 
 from __future__ import annotations
@@ -41,15 +45,8 @@ DEFAULT_METRICS = (F.FINAL_EVAL_LOSS, F.BEST_EVAL_LOSS, F.SPIKE_SCORE_LOSS, F.SP
                    DIVERGENCE)
 SUMMARY_METRICS = tuple(m for m in DEFAULT_METRICS if m != DIVERGENCE)
 
-# which way is better, for the probability of improvement
-LOWER, HIGHER, CLOSER_TO_ZERO = "lower", "higher", "closer_to_zero"
-DEFAULT_DIRECTIONS = {
-    F.FINAL_EVAL_LOSS: LOWER, F.BEST_EVAL_LOSS: LOWER, F.FINAL_TRAIN_LOSS: LOWER,
-    F.MAX_GRAD_NORM: LOWER, F.MAX_ATTN_LOGIT: LOWER, F.SPIKE_SCORE_LOSS: LOWER,
-    F.SPIKE_SCORE_GRAD_NORM: LOWER, F.N_SPIKES: LOWER,
-    F.FINAL_LOG_Z: CLOSER_TO_ZERO, F.GROWTH_ACT: CLOSER_TO_ZERO, F.GROWTH_GRAD: CLOSER_TO_ZERO,
-    DIVERGENCE: HIGHER,  # later (or never) is better
-}
+# which way is better (declared per metric in frames.DIRECTIONS); closer to zero only on request
+LOWER, HIGHER, CLOSER_TO_ZERO = F.LOWER, F.HIGHER, "closer_to_zero"
 
 TESTS = ("wilcoxon", "ttest")
 MIN_PAIRS = {"wilcoxon": 6, "ttest": 2}  # see the module docstring
@@ -59,7 +56,8 @@ _STATUS_PREFERENCE = {"finished": 0, "diverged": 1, "running": 2, "failed": 3}
 COMPARE_COLUMNS = ("arm", "metric", "lr", "direction", "test", "n_pairs", "n_excluded", "n_diverged_arm",
                    "n_diverged_base", "diverged_steps", "diverged_steps_base", "base_mean", "arm_mean",
                    "mean_diff", "median_diff", "ci_low", "ci_high", "p_value", "p_holm", "p_improve",
-                   "note")
+                   "n_better", "n_ties", "n_worse", "note")
+COUNT_COLUMNS = ("n_better", "n_ties", "n_worse")  # Int64, NA for a metric without a direction
 FOREST_COLUMNS = ("arm", "metric", "lr", "direction", "mean_diff", "ci_low", "ci_high", "p_holm")
 PAIR_COLUMNS = ("seed", "lr", "base", "arm", "diff", "base_status", "arm_status")
 
@@ -138,17 +136,34 @@ def paired_test(base: Sequence[float], arm: Sequence[float], test: str = "wilcox
     return float(sps.ttest_rel(arm, base).pvalue), ""
 
 
-def prob_improvement(base: Sequence[float], arm: Sequence[float], direction: str = LOWER) -> float:
-    """Share of pairs where the arm is better than the baseline; ties count 1/2. NaN when empty."""
-    base, arm = np.asarray(base, dtype=float), np.asarray(arm, dtype=float)
-    if base.size == 0:
-        return np.nan
+def _oriented(base: np.ndarray, arm: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray]:
+    """(base, arm) turned so that lower is better."""
     if direction == CLOSER_TO_ZERO:
-        base, arm, direction = np.abs(base), np.abs(arm), LOWER
-    if direction not in (LOWER, HIGHER):
-        raise ValueError(f"direction must be {LOWER!r}, {HIGHER!r} or {CLOSER_TO_ZERO!r}, got {direction!r}")
-    better = arm < base if direction == LOWER else arm > base
-    return float((better.sum() + 0.5 * (arm == base).sum()) / base.size)
+        return np.abs(base), np.abs(arm)
+    if direction == LOWER:
+        return base, arm
+    if direction == HIGHER:
+        return -base, -arm
+    raise ValueError(f"direction must be {LOWER!r}, {HIGHER!r} or {CLOSER_TO_ZERO!r}, got {direction!r}")
+
+
+def improvement_counts(base: Sequence[float], arm: Sequence[float],
+                       direction: str = LOWER) -> tuple[int, int, int]:
+    """(better, tied, worse): pairs where the arm beats, equals or trails the baseline.
+
+    Equal values tie, inf vs inf included (two runs that never diverged are a tie).
+    """
+    base, arm = _oriented(np.asarray(base, dtype=float), np.asarray(arm, dtype=float), direction)
+    better, tied = int((arm < base).sum()), int((arm == base).sum())
+    return better, tied, int(base.size) - better - tied
+
+
+def prob_improvement(base: Sequence[float], arm: Sequence[float], direction: str = LOWER) -> float:
+    """Share of pairs where the arm is strictly better than the baseline (a tie is not a win, not
+    half of one: see `improvement_counts` for the ties). NaN when empty."""
+    better, tied, worse = improvement_counts(base, arm, direction)
+    n = better + tied + worse
+    return better / n if n else np.nan
 
 
 # ------------------------------------------------------------------------------------ run values
@@ -292,17 +307,28 @@ def paired_frame(runs: pd.DataFrame | F.GridData, metric: str, baseline: str, ar
 
 # ----------------------------------------------------------------------------------- comparing
 
-def _directions(lower_is_better: Mapping[str, bool | str] | None) -> dict[str, str]:
-    """Default directions updated with user overrides: True -> lower, False -> higher, "abs" -> |x|."""
-    out = dict(DEFAULT_DIRECTIONS)
+def _directions(lower_is_better: Mapping[str, bool | str | None] | None) -> dict[str, str | None]:
+    """`frames.DIRECTIONS` updated with user overrides: True -> lower, False -> higher, "abs" -> |x|,
+    None -> no direction."""
+    out = dict(F.DIRECTIONS)
     for metric, value in (lower_is_better or {}).items():
-        if value in ("abs", CLOSER_TO_ZERO):
+        if value is None:
+            out[metric] = None
+        elif value in ("abs", CLOSER_TO_ZERO):
             out[metric] = CLOSER_TO_ZERO
         elif isinstance(value, bool | np.bool_):
             out[metric] = LOWER if value else HIGHER
         else:
-            raise ValueError(f"lower_is_better[{metric!r}] must be True, False or 'abs', got {value!r}")
+            raise ValueError(f"lower_is_better[{metric!r}] must be True, False, 'abs' or None, got {value!r}")
     return out
+
+
+def _improvement(base: np.ndarray, arm: np.ndarray, direction: str | None) -> dict[str, Any]:
+    """p_improve and the better / tied / worse counts of one row (NaN / NA without a direction)."""
+    if direction is None:
+        return {"p_improve": np.nan, **{c: pd.NA for c in COUNT_COLUMNS}}
+    counts = improvement_counts(base, arm, direction)
+    return {"p_improve": prob_improvement(base, arm, direction), **dict(zip(COUNT_COLUMNS, counts))}
 
 
 def _effect(base: np.ndarray, arm: np.ndarray, d: np.ndarray, metric: str, *, n_boot: int, ci: float,
@@ -334,15 +360,18 @@ def _context(group: pd.DataFrame, baseline: str, arm: str, lr: float | None) -> 
         "diverged_steps_base": _diverged_steps(base_runs, with_lr)}}
 
 
-def _compare_one(context: dict[str, Any], metric: str, *, test: str, direction: str | None, n_boot: int,
-                 ci: float, seed: int) -> dict[str, Any]:
+def _compare_one(context: dict[str, Any], metric: str, *, test: str, directions: Mapping[str, str | None],
+                 n_boot: int, ci: float, seed: int) -> dict[str, Any]:
     """One row of `compare_arms` (p_holm filled in by the caller)."""
+    direction = directions.get(metric)
     match: _Match = context["match"]
     pairs = _pairs_of(match, metric)
     usable = pairs[pairs["base"].notna() & pairs["arm"].notna()]
     base, armv, d = (usable[c].to_numpy(dtype=float) for c in ("base", "arm", "diff"))
     n = d.size
     p, test_note = paired_test(base, armv, test)
+    if n < MIN_PAIRS[test]:
+        test_note = ""  # said once per report (see `too_few_pairs`), not on every row
     notes: list[str] = []
     if metric == DIVERGENCE:
         notes.append(f"arm diverged in {int(np.isfinite(armv).sum())}/{n} seeds, "
@@ -360,14 +389,13 @@ def _compare_one(context: dict[str, Any], metric: str, *, test: str, direction: 
         notes.append("excluded " + ", ".join(match.excluded))
     if match.unpaired:
         notes.append("no partner: " + ", ".join(match.unpaired))
-    if direction is None:
+    if metric not in directions:
         notes.append("direction unknown: pass lower_is_better for p_improve")
     return {
         **context["row"], "metric": metric, "direction": direction or "", "test": test,
         "n_pairs": n, "n_excluded": len(match.excluded),
         **_effect(base, armv, d, metric, n_boot=n_boot, ci=ci, seed=seed),
-        "p_value": p, "p_holm": np.nan,
-        "p_improve": prob_improvement(base, armv, direction) if direction else np.nan,
+        "p_value": p, "p_holm": np.nan, **_improvement(base, armv, direction),
         "note": "; ".join(x for x in notes if x),
     }
 
@@ -383,12 +411,13 @@ def compare_arms(runs: pd.DataFrame | F.GridData, baseline: str | None = None,
     differences (arm - baseline), the percentile bootstrap CI of the mean difference (`n_boot`
     resamples, level `ci`, a fresh `numpy.random.default_rng(seed)` per row so a row does not
     depend on the others), the two-sided paired p-value (`test`: "wilcoxon" or "ttest"), p_holm
-    (Holm across the arms within each metric and lr), p_improve (share of seeds where the arm is
-    better, ties 1/2; `direction` says which way is better: `DEFAULT_DIRECTIONS` updated with
-    `lower_is_better` {metric: True | False | "abs"}) and a note (why a p-value is missing,
-    excluded runs, ...). `baseline` defaults to the GridData's. With several LRs and `by_lr`, one
-    row per lr; with `by_lr=False` pairs are pooled over (seed, lr). The columns `FOREST_COLUMNS`
-    are what a forest plot needs (see `forest_frame`).
+    (Holm across the arms within each metric and lr), n_better / n_ties / n_worse and p_improve
+    (the share of seeds where the arm is strictly better), only for a metric with a direction
+    (`frames.DIRECTIONS` updated with `lower_is_better` {metric: True | False | "abs" | None}),
+    and a note (why a p-value is missing, excluded runs, ...; too few pairs for the test is left to
+    `too_few_pairs`). `baseline` defaults to the GridData's. With several LRs and `by_lr`, one row
+    per lr; with `by_lr=False` pairs are pooled over (seed, lr). The columns `FOREST_COLUMNS` are
+    what a forest plot needs (see `forest_frame`).
     """
     if isinstance(runs, F.GridData):
         baseline = baseline if baseline is not None else runs.baseline
@@ -408,14 +437,23 @@ def compare_arms(runs: pd.DataFrame | F.GridData, baseline: str | None = None,
     for metric in metrics:
         for lr in lrs:
             block = [_compare_one(context, metric, test=test, n_boot=n_boot, ci=ci, seed=seed,
-                                  direction=directions.get(metric)) for context in contexts[lr]]
+                                  directions=directions) for context in contexts[lr]]
             for row, p in zip(block, holm([r["p_value"] for r in block])):
                 row["p_holm"] = float(p)
             rows += block
     out = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
     for col in ("n_pairs", "n_excluded", "n_diverged_arm", "n_diverged_base"):
         out[col] = out[col].astype("int64")
+    for col in COUNT_COLUMNS:
+        out[col] = out[col].astype("Int64")
     return out
+
+
+def too_few_pairs(compare: pd.DataFrame) -> pd.Series:
+    """Rows of a `compare_arms` frame without a p-value because they have pairs, but fewer than
+    their test needs (`MIN_PAIRS`)."""
+    need = compare["test"].map(MIN_PAIRS)
+    return (compare["n_pairs"] > 0) & (compare["n_pairs"] < need)
 
 
 def forest_frame(compare: pd.DataFrame) -> pd.DataFrame:

@@ -148,28 +148,43 @@ def test_bootstrap_ci_contains_mean_and_is_reproducible(clean):
     assert np.isnan(S.bootstrap_ci([0.2])).all() and np.isnan(S.bootstrap_ci([0.2, np.inf])).all()
 
 
-def test_probability_of_improvement_with_ties():
-    # lower: seed0 better, seeds 1 and 3 tie, seed2 worse -> (1 + 2 * 0.5) / 4
-    assert S.prob_improvement([1, 2, 3, 4], [0.5, 2, 3.5, 4], S.LOWER) == 0.5
-    assert S.prob_improvement([1, 2, 3, 4], [0.5, 2, 3.5, 4], S.HIGHER) == 0.5 - 0.25 + 0.25
+def test_probability_of_improvement_counts_ties_as_ties():
+    # lower: seed0 better, seeds 1 and 3 tie, seed2 worse: a tie is no half win
+    assert S.improvement_counts([1, 2, 3, 4], [0.5, 2, 3.5, 4], S.LOWER) == (1, 2, 1)
+    assert S.prob_improvement([1, 2, 3, 4], [0.5, 2, 3.5, 4], S.LOWER) == 0.25
+    assert S.improvement_counts([1, 2, 3, 4], [0.5, 2, 3.5, 4], S.HIGHER) == (1, 2, 1)
     assert S.prob_improvement([1, 2, 3], [0, 1, 5], S.HIGHER) == pytest.approx(1 / 3)
-    # closer to zero: |0.1| < |-0.3| better, |-0.2| == |0.2| tie -> 0.75
-    assert S.prob_improvement([-0.3, 0.2], [0.1, -0.2], S.CLOSER_TO_ZERO) == 0.75
+    # closer to zero: |0.1| < |-0.3| better, |-0.2| == |0.2| tie
+    assert S.improvement_counts([-0.3, 0.2], [0.1, -0.2], S.CLOSER_TO_ZERO) == (1, 1, 0)
     # divergence step, later / never (inf) is better; never vs never ties
-    assert S.prob_improvement([100, np.inf, np.inf], [np.inf, np.inf, 50], S.HIGHER) == 0.5
+    assert S.improvement_counts([100, np.inf, np.inf], [np.inf, np.inf, 50], S.HIGHER) == (1, 1, 1)
+    assert S.improvement_counts([0.0, 0.0], [0.0, 0.0], S.LOWER) == (0, 2, 0)
+    assert S.prob_improvement([0.0, 0.0], [0.0, 0.0], S.LOWER) == 0.0
     assert np.isnan(S.prob_improvement([], [], S.LOWER))
+    with pytest.raises(ValueError):
+        S.improvement_counts([1], [2], "up")
 
 
-def test_direction_defaults_and_overrides():
+def test_direction_declarations_and_overrides():
+    assert F.DIRECTIONS[F.FINAL_EVAL_LOSS] == S.LOWER and F.DIRECTIONS[S.DIVERGENCE] == S.HIGHER
+    assert F.DIRECTIONS[F.MAX_GRAD_NORM] is None and F.DIRECTIONS[F.GROWTH_ACT] is None
+    assert set(F.SUMMARY_COLUMNS) <= set(F.DIRECTIONS)  # every summary declares one
     runs = _pair_runs([0.3, -0.2, 0.1], [-0.1, 0.4, 0.1], metric=F.GROWTH_ACT)
-    row = S.compare_arms(runs, "base", [F.GROWTH_ACT]).iloc[0]
-    assert row["direction"] == S.CLOSER_TO_ZERO and row["p_improve"] == pytest.approx(1.5 / 3)
+    row = S.compare_arms(runs, "base", [F.GROWTH_ACT]).iloc[0]  # declared: no direction, no note
+    assert row["direction"] == "" and np.isnan(row["p_improve"]) and pd.isna(row["n_better"])
+    assert pd.isna(row["n_ties"]) and row["note"] == ""
+    row = S.compare_arms(runs, "base", [F.GROWTH_ACT], lower_is_better={F.GROWTH_ACT: "abs"}).iloc[0]
+    assert row["direction"] == S.CLOSER_TO_ZERO
+    assert (row["n_better"], row["n_ties"], row["n_worse"]) == (1, 1, 1)
     row = S.compare_arms(runs, "base", [F.GROWTH_ACT], lower_is_better={F.GROWTH_ACT: False}).iloc[0]
-    assert row["direction"] == S.HIGHER and row["p_improve"] == pytest.approx(1.5 / 3)
+    assert row["direction"] == S.HIGHER and row["p_improve"] == pytest.approx(1 / 3)
     row = S.compare_arms(runs, "base", [F.GROWTH_ACT], lower_is_better={F.GROWTH_ACT: True}).iloc[0]
-    assert row["p_improve"] == pytest.approx(1.5 / 3)  # seed0 better, seed1 worse, seed2 tie
+    assert row["p_improve"] == pytest.approx(1 / 3)  # seed0 better, seed1 worse, seed2 tie
     row = S.compare_arms(_pair_runs([1, 2, 3], [0, 3, 3], metric=F.N_SPIKES), "base", ["n_spikes"]).iloc[0]
-    assert row["p_improve"] == pytest.approx(1.5 / 3)
+    assert (row["n_better"], row["n_ties"], row["n_worse"]) == (1, 1, 1)
+    row = S.compare_arms(_pair_runs([1, 2], [0, 3]), "base", [F.FINAL_EVAL_LOSS],
+                         lower_is_better={F.FINAL_EVAL_LOSS: None}).iloc[0]
+    assert np.isnan(row["p_improve"]) and "direction unknown" not in row["note"]
     runs = _pair_runs([1, 2], [2, 3]).assign(custom=[1.0, 2.0, 2.0, 3.0])
     row = S.compare_arms(runs, "base", ["custom"]).iloc[0]
     assert np.isnan(row["p_improve"]) and "direction unknown" in row["note"]
@@ -181,12 +196,13 @@ def test_too_few_seeds_note_instead_of_p_value(clean):
     grid = clean.runs[clean.runs[F.SEED] < 2]
     out = S.compare_arms(grid, "olmo2", metrics=[F.FINAL_EVAL_LOSS], n_boot=500)
     assert out["p_value"].isna().all() and out["p_holm"].isna().all()
-    assert (out["note"] == "too few seeds (n=2) for wilcoxon").all()
+    assert (out["note"] == "").all() and S.too_few_pairs(out).all()  # said once, by the report
     assert (out["n_pairs"] == 2).all() and out["mean_diff"].notna().all()
     # the t-test runs from 2 pairs
     tt = S.compare_arms(grid, "olmo2", metrics=[F.FINAL_EVAL_LOSS], test="ttest", n_boot=500)
     pairs = S.paired_frame(grid, F.FINAL_EVAL_LOSS, "olmo2", "olmo0424")
     assert tt.loc[1, "p_value"] == pytest.approx(sps.ttest_rel(pairs["arm"], pairs["base"]).pvalue)
+    assert not S.too_few_pairs(tt).any()
     with pytest.raises(ValueError):
         S.compare_arms(grid, "olmo2", metrics=[F.FINAL_EVAL_LOSS], test="mannwhitney")
 
@@ -194,7 +210,7 @@ def test_too_few_seeds_note_instead_of_p_value(clean):
 def test_all_zero_and_zero_differences_notes():
     row = S.compare_arms(_pair_runs([1.0] * 6, [1.0] * 6), "base", [F.FINAL_EVAL_LOSS]).iloc[0]
     assert np.isnan(row["p_value"]) and row["note"] == "all differences zero"
-    assert row["mean_diff"] == 0 and row["p_improve"] == 0.5
+    assert row["mean_diff"] == 0 and row["p_improve"] == 0 and (row["n_ties"], row["n_better"]) == (6, 0)
     # 7 pairs, one zero difference: wilcoxon drops it and says so
     arm = np.array([1.25, 1.5, 1.75, 0.625, 2.0, 2.25, 1.0])  # exact binary differences, one zero
     row = S.compare_arms(_pair_runs([1.0] * 7, list(arm)), "base", [F.FINAL_EVAL_LOSS]).iloc[0]
@@ -242,7 +258,7 @@ def test_diverged_run_pairs_at_loss_at_init_and_is_counted(div):
     assert row["n_pairs"] == 3 and row["arm_mean"] == np.inf and np.isnan(row["ci_low"])
     grad = S.paired_frame(div, F.MAX_GRAD_NORM, "olmo2", "no_qk_norm")
     assert list(np.isinf(grad["arm"])) == [False, True, True] and np.isinf(grad.loc[0, "base"])
-    assert row["p_improve"] == pytest.approx(1 / 3)  # s0: finite vs inf -> better; s1, s2 worse
+    assert np.isnan(row["p_improve"]) and pd.isna(row["n_better"])  # max grad norm: no direction
 
     summary = S.summary_by_arm(div, [F.FINAL_EVAL_LOSS]).set_index("arm")
     s = summary.loc["no_qk_norm"]
@@ -273,10 +289,10 @@ def test_divergence_step_metric(div):
     assert r["p_improve"] == pytest.approx(1 / 3)
     assert r["diverged_steps"] == "s1@120, s2@80" and r["diverged_steps_base"] == "s0@100"
     assert r["median_diff"] == -np.inf
-    assert "too few seeds (n=3) for wilcoxon" in r["note"]
+    assert "too few seeds" not in r["note"] and S.too_few_pairs(out).all()
     r = out.loc["olmo0424"]
     # seed0: 60 vs 100 -> worse; seeds 1, 2: never vs never -> ties
-    assert r["p_improve"] == pytest.approx((0 + 0.5 + 0.5) / 3)
+    assert (r["n_better"], r["n_ties"], r["n_worse"]) == (0, 2, 1) and r["p_improve"] == 0
     assert r["note"].startswith("arm diverged in 1/3 seeds, baseline 1/3")
     pairs = S.paired_frame(div, S.DIVERGENCE, "olmo2", "olmo0424")
     assert list(pairs["arm"]) == [60.0, np.inf, np.inf] and list(pairs["diff"]) == [-40.0, 0.0, 0.0]
@@ -286,6 +302,7 @@ def test_divergence_step_metric(div):
     r = S.compare_arms(_runs(rows), "a", [S.DIVERGENCE], n_boot=200).iloc[0]
     assert r["mean_diff"] == pytest.approx(((40 - 100) + (70 - 50)) / 2) and r["base_mean"] == 75
     assert r["p_improve"] == 0.5 and r["note"].startswith("arm diverged in 2/2 seeds, baseline 2/2")
+    assert (r["n_better"], r["n_ties"], r["n_worse"]) == (1, 0, 1)
 
 
 def test_failed_and_running_runs_are_excluded_but_counted(clean):
@@ -300,7 +317,7 @@ def test_failed_and_running_runs_are_excluded_but_counted(clean):
     assert out.loc["no_qk_norm", "n_pairs"] == 4 and out.loc["no_qk_norm", "n_excluded"] == 2
     assert out.loc["olmo0424", "n_pairs"] == 5 and out.loc["olmo0424", "n_excluded"] == 1
     assert "excluded baseline s3 (running), arm s2 (failed)" in out.loc["no_qk_norm", "note"]
-    assert "too few seeds (n=4) for wilcoxon" in out.loc["no_qk_norm", "note"]
+    assert S.too_few_pairs(out).all() and "too few" not in out.loc["no_qk_norm", "note"]  # 4 and 5 pairs
     summary = S.summary_by_arm(runs, [F.FINAL_EVAL_LOSS]).set_index("arm")
     assert summary.loc["no_qk_norm", "n_failed"] == 1 and summary.loc["olmo2", "n_running"] == 1
     assert summary.loc["olmo2", "final_eval_loss_n"] == 5 and summary.loc["olmo2", "n_runs"] == 6
