@@ -1,7 +1,9 @@
 """Render the frames of `reports.stats` as Markdown (GitHub pipe tables), LaTeX (booktabs) and CSV.
 
 Pure Python (no tabulate, no jinja2). Numbers: 3 significant digits, p-values as 0.031 or <0.001,
-"—" (LaTeX "---") for a missing value; the note column says why a p-value is missing. User strings
+"—" (LaTeX "---") for a missing value; the note column says why a p-value is missing, except for
+what holds for many rows at once (too few seeds, metrics without a better direction): that is
+said once, in note lines under the comparison table (`compare_notes`). User strings
 (arm names, notes) are escaped for the target format. CSV keeps the raw values at full precision,
 so it reads back with `pandas.read_csv`.
 """
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from reports.stats import MIN_PAIRS, too_few_pairs
 
 NA = "—"
 FORMATS = ("markdown", "latex", "csv")
@@ -176,6 +180,48 @@ def _diverged_cell(row: Mapping[str, Any]) -> str:
     return counts + (f" ({'; '.join(steps)})" if steps else "")
 
 
+def _better_cell(row: Mapping[str, Any]) -> str:
+    """"2/3", "1/3, 1 tie": seeds where the arm is better, ties apart; NA without a direction."""
+    better, ties, worse = (row.get(c) for c in ("n_better", "n_ties", "n_worse"))
+    if any(_missing(x) for x in (better, ties, worse)) or better + ties + worse == 0:
+        return NA
+    n = int(better + ties + worse)
+    tied = f", {int(ties)} tie{'s' if ties != 1 else ''}" if ties else ""
+    return f"{int(better)}/{n}{tied}"
+
+
+def few_seeds_note(compare: pd.DataFrame) -> str | None:
+    """The one sentence on comparisons without a p-value for lack of seeds (None when there are none)."""
+    if not len(compare) or not {"n_pairs", "test"} <= set(compare.columns):
+        return None
+    few = compare[too_few_pairs(compare)]
+    if not len(few):
+        return None
+    ns = sorted(int(n) for n in few["n_pairs"].unique())
+    n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]} to {ns[-1]}"
+    tests = list(dict.fromkeys(few["test"]))
+    need = " and ".join(f"{t} needs at least {MIN_PAIRS[t]}" for t in tests)
+    scope = "" if len(few) == len(compare) else f" in {len(few)} of {len(compare)} comparisons"
+    return (f"too few seeds ({n}) for {' or '.join(tests)}{scope}: {need} paired seeds for a p-value, "
+            f"so p and p (Holm) are left empty")
+
+
+def undirected_note(compare: pd.DataFrame) -> str | None:
+    """The one sentence naming the metrics with no better direction (no seeds-better count)."""
+    if not len(compare) or "direction" not in compare.columns:
+        return None
+    metrics = list(dict.fromkeys(compare.loc[compare["direction"].fillna("") == "", "metric"]))
+    if not metrics:
+        return None
+    return (f"{', '.join(metrics)}: no better direction (a diagnostic, neither lower nor higher is "
+            f"better), so no count of seeds better")
+
+
+def compare_notes(compare: pd.DataFrame) -> list[str]:
+    """What holds for many rows of a `compare_arms` frame, each said once (plain text, unescaped)."""
+    return [n for n in (few_seeds_note(compare), undirected_note(compare)) if n]
+
+
 # (markdown header, latex header, cell)
 _CompareColumn = tuple[str, str, Callable[[Mapping[str, Any]], str]]
 COMPARE_DISPLAY: tuple[_CompareColumn, ...] = (
@@ -189,16 +235,24 @@ COMPARE_DISPLAY: tuple[_CompareColumn, ...] = (
     ("CI (bootstrap)", "CI (bootstrap)", _ci_cell),
     ("p", "$p$", lambda r: fmt_p(r["p_value"])),
     ("p (Holm)", "$p$ (Holm)", lambda r: fmt_p(r["p_holm"])),
-    ("P(better)", "P(better)", lambda r: format_value("p_improve", r["p_improve"])),
+    ("seeds better", "seeds better", _better_cell),
     ("diverged arm/base", "diverged arm/base", _diverged_cell),
     ("note", "note", lambda r: str(r["note"]) if not _missing(r["note"]) else ""),
 )
 
 
-def format_compare_table(df: pd.DataFrame, fmt: str = "markdown") -> str:
-    """A `reports.stats.compare_arms` frame for reading: Δ mean with its CI, p, Holm p, P(better).
+def _note_lines(notes: Sequence[str], fmt: str) -> str:
+    """Note lines to follow a table: Markdown paragraphs, or small LaTeX text after the tabular."""
+    if fmt == "markdown":
+        return "".join(f"\nNote: {escape_markdown(n)}.\n" for n in notes)
+    return "".join(f"\\par\\smallskip\\noindent{{\\footnotesize Note: {escape_latex(n)}.}}\n" for n in notes)
 
-    The lr column shows only when the rows hold several LRs. csv: the raw frame, every column.
+
+def format_compare_table(df: pd.DataFrame, fmt: str = "markdown") -> str:
+    """A `reports.stats.compare_arms` frame for reading: Δ mean with its CI, p, Holm p, seeds better.
+
+    The lr column shows only when the rows hold several LRs; `compare_notes` follow the table as
+    note lines. csv: the raw frame, every column.
     """
     _check_fmt(fmt)
     if fmt == "csv":
@@ -208,8 +262,10 @@ def format_compare_table(df: pd.DataFrame, fmt: str = "markdown") -> str:
     rows = [[cell(r) for _, _, cell in columns] for r in records]
     header = [md for md, _, _ in columns]
     if fmt == "markdown":
-        return render_markdown(header, rows)
-    return render_latex(header, rows, latex_header=[tex for _, tex, _ in columns])
+        table = render_markdown(header, rows)
+    else:
+        table = render_latex(header, rows, latex_header=[tex for _, tex, _ in columns])
+    return table + _note_lines(compare_notes(df), fmt)
 
 
 def is_compare_frame(df: pd.DataFrame) -> bool:

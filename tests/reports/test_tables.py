@@ -133,3 +133,38 @@ def test_write_tables_generic_frames_and_atomic_replace(tmp_path):
         T.write_tables({"../escape": summary}, tmp_path)
     with pytest.raises(ValueError):
         T.format_table(summary, "html")
+
+
+def test_seeds_better_counts_ties_and_leaves_undirected_metrics_empty():
+    runs = _runs({"base": [3.0, 3.1, 3.2], "arm": [2.9, 3.1, 3.3]})
+    runs[F.MAX_GRAD_NORM] = [1.0, 2.0, 3.0, 0.5, 2.0, 2.5]
+    cmp = S.compare_arms(runs, "base", [F.FINAL_EVAL_LOSS, F.MAX_GRAD_NORM], n_boot=200)
+    header, *_, loss, grad = [line.split(" | ") for line in T.format_compare_table(cmp).split("\n")
+                              if line.startswith("|")]
+    col = header.index("seeds better")
+    assert loss[col] == "1/3, 1 tie" and grad[col] == T.NA
+    assert "P(better)" not in " ".join(header)
+
+
+def test_compare_notes_are_said_once_under_the_table():
+    rows = {"base": [3.0, 3.1, 3.2, 3.3], "a": [3.1, 3.2, 3.3, 3.5], "b": [3.0, 3.2, 3.1, 3.4]}
+    runs = _runs(rows)
+    runs = runs.assign(**{F.MAX_GRAD_NORM: np.arange(len(runs), dtype=float)})
+    runs = runs[~((runs[F.ARM] == "b") & (runs[F.SEED] >= 2))]  # b: 2 pairs, a: 4
+    cmp = S.compare_arms(runs, "base", [F.FINAL_EVAL_LOSS, F.MAX_GRAD_NORM, S.DIVERGENCE], n_boot=200)
+    notes = T.compare_notes(cmp)
+    assert notes[0] == ("too few seeds (n=2 to 4) for wilcoxon: wilcoxon needs at least 6 paired seeds "
+                        "for a p-value, so p and p (Holm) are left empty")
+    assert notes[1].startswith("max_grad_norm: no better direction") and len(notes) == 2
+    md = T.format_compare_table(cmp)
+    assert md.count("too few seeds") == 1 and md.count("no better direction") == 1
+    assert md.rstrip().split("\n")[-1] == "Note: " + T.escape_markdown(notes[1]) + "."
+    assert all("too few" not in line for line in md.split("\n") if line.startswith("|"))
+    tex = T.format_compare_table(cmp, "latex")
+    assert tex.count("too few seeds") == 1 and r"max\_grad\_norm: no better direction" in tex
+    assert tex.index(r"\end{tabular}") < tex.index("Note: too few seeds")
+    six = S.compare_arms(_runs({"base": [3.0, 3.1, 3.2, 3.3, 3.4, 3.5], "a": [3.1, 3.2, 3.3, 3.5, 3.6, 3.4]}),
+                         "base", [F.FINAL_EVAL_LOSS], n_boot=200)
+    assert T.compare_notes(six) == [] and "Note:" not in T.format_compare_table(six)
+    some = T.few_seeds_note(pd.concat([cmp, six], ignore_index=True))
+    assert some.startswith("too few seeds (n=2 to 4) for wilcoxon in 6 of 7 comparisons:")
