@@ -2,8 +2,10 @@
 frame returning a `matplotlib.figure.Figure`, plus `save_figure` and `report_figures`.
 
 Figures never touch pyplot: each is a `Figure` on its own Agg canvas, styled by `reports.style`.
-A figure function raises `MissingData` (a ValueError) when the grid lacks what it needs; arms or
-panels without data are left out and listed in `fig.skipped` ({what: reason}) and under the title.
+A figure function raises `MissingData` (a ValueError) when the grid lacks what it needs, or when
+all it would draw is NaN or 0 (no spike anywhere, every paired difference 0, no run diverged):
+an empty figure reads like a result. Arms or panels without data are left out and listed in
+`fig.skipped` ({what: reason}) and under the title.
 
 - over steps (`reports.figures_curves`): `loss_curves`, `grad_norm_curves`, `log_z_curves`,
   `embedding_norm_curves`, `metric_curves`, `attn_logit_curves`, `update_rms_and_eps`,

@@ -66,6 +66,21 @@ def finish(fig: Figure, title: str, ax: Axes | None = None) -> Figure:
     return fig
 
 
+def no_signal(values) -> str | None:
+    """Why `values` hold nothing to draw ("no finite value", "every value is 0"), or None.
+
+    A panel of only zeros (no spike in any run, say) is an empty figure that looks like a result;
+    callers drop it and say so instead.
+    """
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return "no finite value"
+    if not np.any(x):
+        return "every value is 0"
+    return None
+
+
 def no_data(ax: Axes, text: str) -> None:
     """Mark an empty panel (its axes stay labelled)."""
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.4")

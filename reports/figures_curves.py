@@ -31,6 +31,7 @@ from reports.figures_common import (
     lr_values,
     new_figure,
     no_data,
+    no_signal,
     per_run_series,
     reference_lr,
     seed_band,
@@ -59,13 +60,16 @@ def metric_curves(grid: F.GridData, metric: str, *, smooth: int = 1, band: str |
     draws every LR of an arm as its own line (line style by LR). `spike_series`: mark only events
     of that metric (e.g. "train/loss"); None marks every event of the run (grad-norm spikes
     tend to precede loss spikes), at the run's raw value of `metric` at the event step.
-    An arm without points of `metric` is skipped with its reason in `fig.skipped`.
+    An arm without finite points of `metric` is skipped with its reason in `fig.skipped`; when no
+    run has a finite non-zero point there is no figure (`MissingData`).
     """
     name = name or metric.replace("/", "_") + "_curves"
     runs = filter_lr(grid.runs, lr)
-    data = per_run_series(grid, metric, runs[F.RUN_ID])
+    data = {rid: x for rid, x in per_run_series(grid, metric, runs[F.RUN_ID]).items() if x.notna().any()}
     if not data:
-        raise MissingData(f"no {metric} series in grid {grid.name!r}")
+        raise MissingData(f"no finite {metric} point in grid {grid.name!r}")
+    if (reason := no_signal(np.concatenate([x.to_numpy() for x in data.values()]))) is not None:
+        raise MissingData(f"{metric}: {reason} in grid {grid.name!r}")
     fig, axes = new_figure(name, width=7.5, height=4.4)
     ax = axes[0, 0]
     colors = S.arm_colors(grid.arms, grid.baseline)
@@ -76,7 +80,7 @@ def metric_curves(grid: F.GridData, metric: str, *, smooth: int = 1, band: str |
     for arm in grid.arms:
         arm_runs = runs[(runs[F.ARM] == arm) & runs[F.RUN_ID].isin(data.keys())]
         if not len(arm_runs):
-            skip(fig, arm, f"no {metric} points")
+            skip(fig, arm, f"no finite {metric} points")
             continue
         for lr_val, group in arm_runs.groupby(F.LR, dropna=False, sort=True):
             tag = lr_tag(lr_val)
@@ -177,6 +181,15 @@ def _layer_frame(grid: F.GridData, key: str, run_ids, *, heads: str = "max") -> 
     return out
 
 
+def _with_signal(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """(`frame` without its NaN rows, None), or (an empty frame, why) when nothing in it is worth
+    a panel: no finite value, or only zeros."""
+    reason = no_signal(frame["value"]) if len(frame) else "no data"
+    if reason is not None:
+        return frame.iloc[0:0], reason
+    return frame[frame["value"].notna()], None
+
+
 def _layer_panels(fig, axes_row, grid: F.GridData, frame: pd.DataFrame, arms: list[str], runs: pd.DataFrame,
                   ylabel: str, logy: bool = False) -> int:
     """One panel per arm with the seed mean of every layer (colour by layer); returns n_layers."""
@@ -233,9 +246,9 @@ def attn_logit_curves(grid: F.GridData, *, lr: float | None = None, logy: bool =
     """
     lr = reference_lr(grid.runs, grid.baseline, lr)
     runs = filter_lr(grid.runs, lr)
-    frame = _layer_frame(grid, M.ATTN_LOGIT_MAX, runs[F.RUN_ID])
-    if not len(frame):
-        raise MissingData(f"no {M.ATTN_LOGIT_MAX} data (dense or per-layer series) in grid {grid.name!r}")
+    frame, reason = _with_signal(_layer_frame(grid, M.ATTN_LOGIT_MAX, runs[F.RUN_ID]))
+    if reason is not None:
+        raise MissingData(f"{M.ATTN_LOGIT_MAX} (dense or per-layer series): {reason} in grid {grid.name!r}")
     arms, missing = _arms_with(grid, [frame], runs)
     fig, axes = new_figure("attn_logit_curves", 1, len(arms), sharey=True)
     for arm in missing:
@@ -247,22 +260,26 @@ def attn_logit_curves(grid: F.GridData, *, lr: float | None = None, logy: bool =
 
 @S.styled
 def update_rms_and_eps(grid: F.GridData, *, lr: float | None = None) -> Figure:
-    """Two rows of panels, one column per arm: update/rms per layer and the optim/eps_regime share
-    per layer (dense keys, head -1), seed mean over steps."""
+    """A row of panels per key, one column per arm: update/rms per layer and the optim/eps_regime
+    share per layer (dense keys, head -1), seed mean over steps. A key with no finite non-zero
+    value has no row (the title says so); with neither there is no figure."""
     lr = reference_lr(grid.runs, grid.baseline, lr)
     runs = filter_lr(grid.runs, lr)
     keys = (M.UPDATE_RMS, M.OPTIM_EPS_REGIME)
-    frames = [_layer_frame(grid, k, runs[F.RUN_ID], heads="none") for k in keys]
-    if not any(len(f) for f in frames):
-        raise MissingData(f"no {keys[0]} or {keys[1]} data in grid {grid.name!r}")
-    arms, missing = _arms_with(grid, frames, runs)
-    fig, axes = new_figure("update_rms_and_eps", 2, len(arms), sharex=True, sharey="row")
+    checked = {k: _with_signal(_layer_frame(grid, k, runs[F.RUN_ID], heads="none")) for k in keys}
+    rows = [(k, frame) for k, (frame, reason) in checked.items() if reason is None]
+    if not rows:
+        raise MissingData("; ".join(f"{k}: {reason}" for k, (_, reason) in checked.items())
+                          + f" in grid {grid.name!r}")
+    arms, missing = _arms_with(grid, [frame for _, frame in rows], runs)
+    fig, axes = new_figure("update_rms_and_eps", len(rows), len(arms), sharex=True, sharey="row")
     for arm in missing:
         skip(fig, arm, f"no {keys[0]} or {keys[1]} data")
+    for key, (_, reason) in checked.items():
+        if reason is not None:
+            skip(fig, key, reason)
     n_layers = 0
-    for row, (key, frame) in enumerate(zip(keys, frames)):
-        if not len(frame):
-            skip(fig, key, "no data")
+    for row, (key, frame) in enumerate(rows):
         n_layers = max(n_layers, _layer_panels(fig, axes[row], grid, frame, arms, runs, S.axis_label(key)))
     _layer_key(fig, axes, n_layers)
     return finish(fig, f"{grid.name}: Adam update RMS and eps regime per layer, seed mean{_lr_suffix(lr)}")

@@ -29,10 +29,12 @@ from reports.figures_common import (
     lr_values,
     new_figure,
     no_data,
+    no_signal,
     reference_lr,
     runs_of,
     skip,
 )
+from reports.stats import too_few_pairs
 from stability import metric_names as M
 
 COMPARE_COLUMNS = ("arm", "metric", "n_pairs", "mean_diff", "median_diff", "ci_low", "ci_high", "p_value",
@@ -186,19 +188,47 @@ _SPIKE_METRICS = ((F.SPIKE_SCORE_LOSS, M.SPIKE_SCORE_LOSS, "loss"),
 
 
 def _p_text(row) -> str:
-    """The p_holm annotation of one compare row (the note instead when it says why there is none)."""
+    """The p_holm annotation of one compare row, with its note; just the note (maybe "") without a
+    p-value. Too few seeds is not repeated per row: see `_few_seeds_line`."""
     note = row.get("note")
     note = "" if note is None or (isinstance(note, float) and np.isnan(note)) else str(note)
     p = pd.to_numeric(pd.Series([row.get("p_holm")]), errors="coerce").iloc[0]
-    if "too few" in note or not np.isfinite(p):
-        return note or "p_holm n/a"
+    if not np.isfinite(p):
+        return note
     return f"p_holm={p:.2g}" + (f" ({note})" if note else "")
+
+
+def _few_seeds_line(rows: pd.DataFrame) -> str:
+    """"\nno p-values: too few seeds (n=2) for wilcoxon" for a title, once; "" when p-values exist."""
+    if not len(rows) or not {"n_pairs", "test"} <= set(rows.columns):
+        return ""
+    few = rows[too_few_pairs(rows)]
+    if not len(few):
+        return ""
+    ns = "/".join(str(int(n)) for n in sorted(few["n_pairs"].unique()))
+    tests = " or ".join(dict.fromkeys(few["test"].astype(str)))
+    return f"\nno p-values: too few seeds (n={ns}) for {tests}"
 
 
 def _compare_rows(compare_df: pd.DataFrame | None, names: tuple[str, ...]) -> pd.DataFrame:
     if compare_df is None or not len(compare_df):
         return pd.DataFrame(columns=list(COMPARE_COLUMNS))
     return compare_df[compare_df["metric"].isin(names)]
+
+
+def _spike_panels(runs: pd.DataFrame) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    """(the spike-score panels with something to show, {panel: why not} for the others): a score
+    that is 0 in every run (no spikes) or missing everywhere makes an empty panel."""
+    panels, dropped = [], {}
+    for col, key, what in _SPIKE_METRICS:
+        values = runs[col] if col in runs.columns else pd.Series(dtype=float)
+        reason = no_signal(values.astype(float))
+        if reason is None:
+            panels.append((col, key, what))
+        else:
+            zero = reason == "every value is 0"
+            dropped[f"{what} panel"] = f"{col} is 0 in every run (no spikes)" if zero else f"no {col} value"
+    return panels, dropped
 
 
 @S.styled
@@ -210,8 +240,9 @@ def spike_scores_figure(data, compare_df: pd.DataFrame | None = None, *, lr: flo
     Student-t interval of the mean; `compare_df` (compare_arms output) adds p_holm above each
     non-baseline arm. `data` a compare frame itself (it has `mean_diff`): bars of the mean paired
     difference vs the baseline with whiskers [ci_low, ci_high]. Scores are >= 0, so the t-interval
-    is clipped at 0. With several LRs one is shown
-    (`reference_lr`).
+    is clipped at 0. With several LRs one is shown (`reference_lr`). A panel whose score is 0 (or
+    missing) in every run is left out and named under the title; with neither panel there is no
+    figure (`MissingData`).
     """
     if isinstance(data, pd.DataFrame) and "mean_diff" in data.columns:
         return _spike_diffs(data, baseline)
@@ -220,11 +251,13 @@ def spike_scores_figure(data, compare_df: pd.DataFrame | None = None, *, lr: flo
     lr = reference_lr(runs, baseline, lr)
     runs = filter_lr(runs, lr)
     arms = arm_order(runs, baseline)
-    cols = [c for c in _SPIKE_METRICS if c[0] in runs.columns and runs[c[0]].notna().any()]
+    cols, dropped = _spike_panels(runs)
     if not cols or not arms:
-        raise MissingData("no spike_score_loss / spike_score_grad_norm values")
+        raise MissingData("; ".join(dropped.values()) or "no runs")
     colors = S.arm_colors(arms, baseline)
     fig, axes = new_figure("spike_scores", 1, len(cols), width=3.2 + 1.0 * len(arms) * len(cols), height=4.0)
+    for what, reason in dropped.items():
+        skip(fig, what, reason)
     for ax, (col, key, what) in zip(axes[0], cols):
         rows = _compare_rows(compare_df, (col, key))
         for i, arm in enumerate(arms):
@@ -242,28 +275,40 @@ def spike_scores_figure(data, compare_df: pd.DataFrame | None = None, *, lr: flo
             if np.isfinite(lo):
                 ax.vlines([i], lo, hi, color="k", linewidth=1.2, gid=f"ci|{arm}")
             r = rows[rows["arm"] == arm]
-            if arm != baseline and len(r):
+            if arm != baseline and len(r) and (text := _p_text(r.iloc[0])):
                 top = max(x.max(), hi if np.isfinite(hi) else x.max())
-                ax.annotate(_p_text(r.iloc[0]), (i, top), xytext=(0, 4), textcoords="offset points",
+                ax.annotate(text, (i, top), xytext=(0, 4), textcoords="offset points",
                             ha="center", fontsize=7, gid=f"p|{arm}")
         ax.set_xticks(range(len(arms)), [arm_title(a, baseline) for a in arms], rotation=20, ha="right")
         ax.set_xlabel(S.ARM_LABEL)
         ax.set_ylabel(S.axis_label(col))
         ax.set_title(what)
     name = getattr(data, "name", "runs")
+    shown = _compare_rows(compare_df, tuple(n for col, key, _ in cols for n in (col, key)))
     return finish(fig, f"{name}: spike scores (bars: seed mean, whiskers: 95% t-interval, clipped at 0)"
-                  + (f", lr={lr:g}" if lr is not None else ""))
+                  + (f", lr={lr:g}" if lr is not None else "") + _few_seeds_line(shown))
 
 
 def _spike_diffs(compare_df: pd.DataFrame, baseline: str | None) -> Figure:
-    panels = [(names, what) for *names, what in _SPIKE_METRICS
-              if compare_df["metric"].isin(names).any()]
+    """Bars of the paired spike-score differences; a panel whose differences are all 0 is left out."""
+    panels, dropped = [], {}
+    for *names, what in _SPIKE_METRICS:
+        rows = _compare_rows(compare_df, tuple(names))
+        reason = no_signal(rows["mean_diff"].astype(float)) if len(rows) else "no rows"
+        if reason is None:
+            panels.append((names, what))
+        elif len(rows):
+            dropped[f"{what} panel"] = "every paired difference is 0" if reason == "every value is 0" \
+                else "no finite paired difference"
     if not panels:
-        raise MissingData("the compare frame has no spike-score metric rows")
+        raise MissingData("the compare frame has no spike-score difference to show"
+                          + (f" ({'; '.join(dropped.values())})" if dropped else ""))
     arms = list(dict.fromkeys(compare_df["arm"]))
     colors = S.arm_colors(arms + ([baseline] if baseline else []), baseline)
     fig, axes = new_figure("spike_scores", 1, len(panels), width=3.2 + 1.0 * len(arms) * len(panels),
                            height=4.0)
+    for what, reason in dropped.items():
+        skip(fig, what, reason)
     for ax, (names, what) in zip(axes[0], panels):
         rows = _compare_rows(compare_df, tuple(names))
         ax.axhline(0.0, color="0.3", linewidth=0.8, gid="zero")
@@ -277,20 +322,20 @@ def _spike_diffs(compare_df: pd.DataFrame, baseline: str | None) -> Figure:
             lo, hi = float(r["ci_low"]), float(r["ci_high"])
             if np.isfinite(lo) and np.isfinite(hi):
                 ax.vlines([i], lo, hi, color="k", linewidth=1.2, gid=f"ci|{arm}")
-            ax.annotate(_p_text(r), (i, max(float(r["mean_diff"]), hi if np.isfinite(hi) else -np.inf)),
-                        xytext=(0, 4), textcoords="offset points", ha="center", fontsize=7, gid=f"p|{arm}")
+            if text := _p_text(r):
+                ax.annotate(text, (i, max(float(r["mean_diff"]), hi if np.isfinite(hi) else -np.inf)),
+                            xytext=(0, 4), textcoords="offset points", ha="center", fontsize=7,
+                            gid=f"p|{arm}")
         ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
         ax.set_xlabel(S.ARM_LABEL)
         ax.set_ylabel(f"difference in {what} spike score vs {baseline or 'baseline'} (points of %)")
         ax.set_title(what)
-    return finish(fig, "spike scores: paired difference vs baseline (whiskers: CI)")
+    shown = _compare_rows(compare_df, tuple(n for names, _ in panels for n in names))
+    return finish(fig, "spike scores: paired difference vs baseline (whiskers: CI)" + _few_seeds_line(shown))
 
 
-@S.styled
-def forest_plot(compare_df: pd.DataFrame, metric: str, *, baseline: str | None = None) -> Figure:
-    """Paired differences (arm - baseline) of `metric` per arm: the mean difference as a point, the
-    CI [ci_low, ci_high] as a whisker, a zero line, and p_holm (or the note, e.g. "n=2: too few
-    seeds") at the right of each row."""
+def _forest_rows(compare_df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The compare rows of `metric`, or `MissingData` saying why they make no forest plot."""
     missing = {"arm", "metric", "mean_diff", "ci_low", "ci_high"} - set(compare_df.columns)
     if missing:
         raise MissingData(f"compare frame lacks columns {sorted(missing)}")
@@ -298,6 +343,24 @@ def forest_plot(compare_df: pd.DataFrame, metric: str, *, baseline: str | None =
     if not len(rows):
         have = ", ".join(map(str, dict.fromkeys(compare_df["metric"])))
         raise MissingData(f"no compare rows for metric {metric!r} (have: {have})")
+    diverged = [c for c in ("n_diverged_arm", "n_diverged_base") if c in rows.columns]
+    if metric == F.DIVERGED_AT_STEP and diverged and not rows[diverged].to_numpy().any():
+        raise MissingData("no run diverged")
+    spread = rows[["mean_diff", "ci_low", "ci_high"]].astype(float)
+    if not np.isfinite(spread["mean_diff"]).any():
+        raise MissingData(f"no arm has a finite mean difference in {metric}")
+    if no_signal(spread) == "every value is 0":
+        raise MissingData(f"every paired difference in {metric} is 0")
+    return rows
+
+
+@S.styled
+def forest_plot(compare_df: pd.DataFrame, metric: str, *, baseline: str | None = None) -> Figure:
+    """Paired differences (arm - baseline) of `metric` per arm: the mean difference as a point, the
+    CI [ci_low, ci_high] as a whisker, a zero line, and p_holm (or the row's note) and n at the
+    right of each row; too few seeds for p-values is said once, under the title. No figure
+    (`MissingData`) when no arm has a finite difference or every difference is 0 (`_forest_rows`)."""
+    rows = _forest_rows(compare_df, metric)
     arms = list(dict.fromkeys(rows["arm"]))
     colors = S.arm_colors(arms + ([baseline] if baseline else []), baseline)
     fig, axes = new_figure(f"forest_{metric}", width=7.0, height=1.4 + 0.45 * len(arms))
@@ -317,11 +380,12 @@ def forest_plot(compare_df: pd.DataFrame, metric: str, *, baseline: str | None =
         n = r.get("n_pairs")
         text = _p_text(r)
         if n is not None and pd.notna(n) and "n=" not in text:
-            text += f", n={int(n)}"
+            text = ", ".join(t for t in (text, f"n={int(n)}") if t)
         ax.annotate(text, (1.01, y), xycoords=ax.get_yaxis_transform(), va="center", fontsize=7,
                     annotation_clip=False, gid=f"annot|{arm}")
     ax.set_yticks(ys, arms)
     ax.set_ylim(-0.7, len(arms) - 0.3)
     ax.set_ylabel(S.ARM_LABEL)
     ax.set_xlabel(f"paired difference in {metric} (arm - {baseline or 'baseline'})")
-    return finish(fig, f"{metric}: paired difference vs {baseline or 'baseline'} (whiskers: CI)", ax)
+    return finish(fig, f"{metric}: paired difference vs {baseline or 'baseline'} (whiskers: CI)"
+                  + _few_seeds_line(rows), ax)

@@ -14,6 +14,7 @@ from scipy import stats as sps
 from reports import figures as R
 from reports import frames as F
 from reports import style as S
+from reports.stats import compare_arms
 from stability import metric_names as M
 from tests.reports.factories import synthetic_grid
 
@@ -176,9 +177,9 @@ def test_arm_without_data_is_skipped_with_reason(grid, caplog):
                     grid.dense, grid.spikes, grid.params, grid.baseline)
     with caplog.at_level(logging.INFO, logger="reports.figures"):
         fig = R.grad_norm_curves(g2)
-    assert fig.skipped == {"no_qk_norm": "no grad/norm points"}
+    assert fig.skipped == {"no_qk_norm": "no finite grad/norm points"}
     assert not gid_objs(fig, "mean|no_qk_norm") and len(gid_objs(fig, "mean|olmo2|")) == 3
-    assert "no_qk_norm" in caplog.text and "no grad/norm points" in caplog.text
+    assert "no_qk_norm" in caplog.text and "no finite grad/norm points" in caplog.text
     assert "skipped" in fig.axes[0].get_title()
     empty = F.GridData(grid.name, grid.runs, s[s["metric"] != M.GRAD_NORM])
     with pytest.raises(R.MissingData, match="grad/norm"):
@@ -415,8 +416,8 @@ def test_report_figures_skips_with_reasons(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="reports.figures"):
         paths = R.report_figures(g, out_dir=tmp_path, reasons=reasons, formats=("png",))
     stems = {p.stem for p in paths}
-    assert {"loss_curves", "grad_norm_curves", "attn_logit_curves", "embedding_norm_curves",
-            "spike_scores"} == stems
+    assert {"loss_curves", "grad_norm_curves", "attn_logit_curves", "embedding_norm_curves"} == stems
+    assert "is 0 in every run" in reasons["spike_scores"]  # no spikes: no figure of zeros
     assert "needs >= 2 learning rates" in reasons["lr_sensitivity"]
     assert reasons["layer_grad_heatmap"] == "no dense grad/norm rows"
     assert "logits/log_z_mean" in reasons["log_z_curves"]
@@ -424,3 +425,75 @@ def test_report_figures_skips_with_reasons(tmp_path, caplog):
     assert reasons["forest"].startswith("no compare_df")
     for name in ("lr_sensitivity", "layer_grad_heatmap", "log_z_curves", "forest"):
         assert f"figure {name} skipped" in caplog.text
+
+
+# ---------------------------------------------------------------- figures with nothing to show
+
+
+@pytest.fixture(scope="module")
+def two_seeds() -> F.GridData:
+    """2 seeds, one grad-norm spike (no_qk_norm seed 0), every loss spike score 0."""
+    g = synthetic_grid(seeds=(0, 1), steps=60, spike_steps={("no_qk_norm", 0, 3e-3): [30]})
+    g.runs[F.SPIKE_SCORE_LOSS] = 0.0
+    return g
+
+
+def test_spike_scores_drop_an_all_zero_panel_not_the_figure(two_seeds):
+    fig = R.spike_scores_figure(two_seeds)
+    (ax,) = fig.axes
+    assert ax.get_title() == "grad norm" and "grad-norm" in ax.get_ylabel()
+    assert fig.skipped == {"loss panel": f"{F.SPIKE_SCORE_LOSS} is 0 in every run (no spikes)"}
+    assert fig.get_suptitle().count("is 0 in every run") == 1
+    np.testing.assert_allclose([p.get_height() for p in ax.patches if p.get_gid() == "bar|no_qk_norm"],
+                               [100.0 / 60 / 2])  # one spike in 60 points, seed mean of (1/60, 0)
+    cmp = R.spike_scores_figure(compare_arms(two_seeds, n_boot=200), baseline="olmo2")
+    assert [a.get_title() for a in cmp.axes] == ["grad norm"]
+    assert cmp.skipped == {"loss panel": "every paired difference is 0"}
+    none = F.GridData(two_seeds.name, two_seeds.runs.assign(**{F.SPIKE_SCORE_GRAD_NORM: 0.0}),
+                      baseline="olmo2")
+    with pytest.raises(R.MissingData, match=f"{F.SPIKE_SCORE_GRAD_NORM} is 0 in every run"):
+        R.spike_scores_figure(none)
+
+
+def test_forest_plot_of_nothing_raises_with_the_reason(two_seeds):
+    cmp = compare_arms(two_seeds, n_boot=200)
+    with pytest.raises(R.MissingData, match="no run diverged"):
+        R.forest_plot(cmp, F.DIVERGED_AT_STEP)
+    with pytest.raises(R.MissingData, match=f"every paired difference in {F.SPIKE_SCORE_LOSS} is 0"):
+        R.forest_plot(cmp, F.SPIKE_SCORE_LOSS)
+    nan = cmp.assign(mean_diff=np.nan)
+    with pytest.raises(R.MissingData, match="no arm has a finite mean difference"):
+        R.forest_plot(nan, F.FINAL_EVAL_LOSS)
+    fig = R.forest_plot(cmp, F.SPIKE_SCORE_GRAD_NORM)  # olmo0424 ties (0), no_qk_norm does not
+    assert len(gid_objs(fig, "diff|")) == 2
+
+
+def test_too_few_seeds_is_said_once_per_figure(two_seeds):
+    cmp = compare_arms(two_seeds, n_boot=200)
+    fig = R.forest_plot(cmp, F.FINAL_EVAL_LOSS, baseline="olmo2")
+    ax = fig.axes[0]
+    texts = {t.get_gid(): t.get_text() for t in ax.texts}
+    assert texts == {"annot|no_qk_norm": "n=2", "annot|olmo0424": "n=2"}  # no per-row "too few seeds"
+    assert ax.get_title().count("too few seeds") == 1 and "(n=2) for wilcoxon" in ax.get_title()
+    fig = R.spike_scores_figure(two_seeds, cmp)
+    assert not [t for t in fig.axes[0].texts if t.get_gid().startswith("p|")]
+    assert fig.get_suptitle().count("no p-values: too few seeds (n=2) for wilcoxon") == 1
+
+
+def test_curves_of_only_zeros_or_nans_are_not_drawn(grid):
+    s = grid.series
+    for value, reason in ((0.0, "every value is 0"), (np.nan, "no finite")):
+        series = s.assign(value=s["value"].where(s["metric"] != M.LOGITS_LOG_Z_MEAN, value))
+        with pytest.raises(R.MissingData, match=reason):
+            R.log_z_curves(F.GridData(grid.name, grid.runs, series, baseline=grid.baseline))
+    d = grid.dense
+    dense = d.assign(value=d["value"].where(d["key"] != M.OPTIM_EPS_REGIME, 0.0))
+    fig = R.update_rms_and_eps(F.GridData(grid.name, grid.runs, grid.series, dense, baseline=grid.baseline),
+                               lr=1e-3)
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(axes) == len(ARMS) and "update RMS" in axes[0].get_ylabel()
+    assert fig.skipped == {M.OPTIM_EPS_REGIME: "every value is 0"}
+    dense = d.assign(value=d["value"].where(d["key"] != M.ATTN_LOGIT_MAX, np.nan))
+    series = s[~s["metric"].str.startswith(M.ATTN_LOGIT_MAX)]
+    with pytest.raises(R.MissingData, match="no finite value"):
+        R.attn_logit_curves(F.GridData(grid.name, grid.runs, series, dense, baseline=grid.baseline))
