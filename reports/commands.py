@@ -56,8 +56,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     grid, uri = _load(args)
     out = Path(args.out or Path("results") / grid.name / "report")
     report = build_report(grid, out, test=args.test, n_boot=args.bootstrap)
-    print(report.summary)
-    print(f"report: {out}/summary.md ({len(report.paths)} files)")
+    print(f"report: {out / 'summary.md'} ({len(report.paths)} files)")
+    print(report.headline)
     if not args.no_attach and (run := attach_to_mlflow(grid, out, uri, "report")):
         print(f"attached to MLflow run {run} under report/")
     return 0

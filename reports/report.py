@@ -6,6 +6,8 @@
     out/figures/*.{png,pdf}  the report's figure kinds the data supports
 
 Everything comes from a `GridData` (reports.load), so it works on a store copied from elsewhere.
+`Report.headline` is the few lines `stability report` prints: each arm against the baseline on
+the headline metric, the once-per-report notes, and the figures not drawn.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from reports import frames as F
 from reports.figures import report_figures
 from reports.lr_sensitivity import lr_sensitivity
 from reports.stats import compare_arms, summary_by_arm
-from reports.tables import atomic_write_text, escape_markdown, fmt_p, fmt_sig, write_tables
+from reports.tables import atomic_write_text, compare_notes, escape_markdown, fmt_p, fmt_sig, write_tables
 
 HEADLINE = (F.FINAL_EVAL_LOSS, F.SPIKE_SCORE_GRAD_NORM, F.MAX_ATTN_LOGIT, F.MAX_GRAD_NORM)
 RUN_TABLE_COLUMNS = (F.ARM, F.SEED, F.LR, F.STATUS, F.DIVERGED_AT_STEP, F.LAST_STEP, F.FINAL_EVAL_LOSS,
@@ -37,6 +39,7 @@ class Report:
     lr_sensitivity: pd.DataFrame | None
     paths: list[Path] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    headline: str = ""
 
 
 def _n_lrs(runs: pd.DataFrame) -> int:
@@ -60,6 +63,7 @@ def build_report(grid: F.GridData, out_dir: str | Path, *, test: str = "wilcoxon
     report.paths += report_figures(grid, compare, lrs, out / "figures", reasons=report.skipped,
                                    formats=formats)
     report.summary = summary_text(grid, compare, lrs, report)
+    report.headline = headline_text(grid, compare, report.skipped)
     atomic_write_text(out / "summary.md", report.summary)
     report.paths.append(out / "summary.md")
     return report
@@ -70,18 +74,48 @@ def _status_line(runs: pd.DataFrame) -> str:
     return ", ".join(f"{int(counts[s])} {s}" for s in F.STATUSES if s in counts)
 
 
-def _effect_line(row: pd.Series) -> str:
-    """`+0.12 [0.05, 0.20], p_holm 0.031, better in 3/3` in words a reader can scan."""
-    if not math.isfinite(row.get("mean_diff", math.nan)):
-        return str(row.get("note") or "no paired difference")
+def _better_text(row: pd.Series) -> str:
+    """"better in 2/3 seeds, 1 tie" / "tied in 2/2 seeds"; "" for a metric without a direction."""
+    counts = [row.get(c) for c in ("n_better", "n_ties", "n_worse")]
+    if any(pd.isna(x) for x in counts) or sum(counts) == 0:
+        return ""
+    better, ties, worse = (int(x) for x in counts)
+    n = better + ties + worse
+    if ties == n:
+        return f"tied in {n}/{n} seeds"
+    return f"better in {better}/{n} seeds" + (f", {ties} tie{'s' if ties > 1 else ''}" if ties else "")
+
+
+def _effect_text(row: pd.Series) -> str:
+    """`+0.12 [0.05, 0.20], Holm p 0.031, better in 3/3 seeds` (plain text, no note)."""
     text = f"{row['mean_diff']:+.3g} [{fmt_sig(row['ci_low'])}, {fmt_sig(row['ci_high'])}]"
     p = row.get("p_holm")
     text += f", Holm p {fmt_p(p)}" if p is not None and math.isfinite(p) else ""
-    if math.isfinite(row.get("p_improve", math.nan)):
-        text += f", better than baseline in {row['p_improve']:.0%} of seeds"
-    if row.get("note"):
-        text += f" ({row['note']})"
-    return text
+    better = _better_text(row)
+    return text + (f", {better}" if better else "")
+
+
+def _effect_line(row: pd.Series) -> str:
+    """One summary bullet's text: the effect and the row's own note (Markdown)."""
+    note = escape_markdown(str(row.get("note") or ""))
+    if not math.isfinite(row.get("mean_diff", math.nan)):
+        return note or "no paired difference"
+    return _effect_text(row) + (f" ({note})" if note else "")
+
+
+def _headline_rows(compare: pd.DataFrame) -> pd.DataFrame:
+    return compare[compare["metric"].isin(HEADLINE)] if len(compare) else compare
+
+
+def _notes_md(notes: list[str]) -> list[str]:
+    return [line for n in notes for line in (f"Note: {escape_markdown(n)}.", "")]
+
+
+def _skipped_md(skipped: dict[str, str]) -> list[str]:
+    if not skipped:
+        return []
+    return ["Not drawn:", ""] + \
+        [f"- {escape_markdown(k)}: {escape_markdown(v)}" for k, v in skipped.items()] + [""]
 
 
 def summary_text(grid: F.GridData, compare: pd.DataFrame, lrs: pd.DataFrame | None, report: Report) -> str:
@@ -91,6 +125,7 @@ def summary_text(grid: F.GridData, compare: pd.DataFrame, lrs: pd.DataFrame | No
              f"{len(runs)} runs ({_status_line(runs)}); baseline arm: "
              f"`{escape_markdown(str(grid.baseline))}`; generated "
              f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.", ""]
+    lines += _notes_md(compare_notes(_headline_rows(compare)))
     diverged = runs[runs[F.STATUS] == "diverged"]
     if len(diverged):
         items = [f"{escape_markdown(str(r[F.ARM]))} seed {r[F.SEED]} lr {r[F.LR]:g} at step "
@@ -104,7 +139,7 @@ def summary_text(grid: F.GridData, compare: pd.DataFrame, lrs: pd.DataFrame | No
             rows = compare[(compare["arm"] == arm) & (compare["metric"].isin(HEADLINE))]
             for _, row in rows.iterrows():
                 lr = f" (lr {row['lr']:g})" if multi_lr and pd.notna(row.get("lr")) else ""
-                lines.append(f"  - {row['metric']}{lr}: {_effect_line(row)}")
+                lines.append(f"  - {escape_markdown(row['metric'])}{lr}: {_effect_line(row)}")
         lines.append("")
     if lrs is not None and len(lrs):
         lines += ["## Learning-rate sensitivity (Wortsman et al.; lower is better)", ""]
@@ -116,10 +151,40 @@ def summary_text(grid: F.GridData, compare: pd.DataFrame, lrs: pd.DataFrame | No
     figures = sorted({p.stem for p in report.paths if p.parent.name == "figures"})
     if figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f}.png)" for f in figures] + [""]
-    if report.skipped:
-        lines += ["Not drawn: " + "; ".join(f"{k} ({v})" for k, v in report.skipped.items()), ""]
+    lines += _skipped_md(report.skipped)
     lines += ["Tables: `tables/compare`, `tables/summary`, `tables/runs`"
               + (", `tables/lr_sensitivity`" if lrs is not None else "") + " (.md, .tex, .csv).", ""]
+    return "\n".join(lines)
+
+
+def _headline_metric(compare: pd.DataFrame) -> str | None:
+    """The first `HEADLINE` metric with a finite paired difference."""
+    for metric in HEADLINE:
+        rows = compare[compare["metric"] == metric] if len(compare) else compare
+        if len(rows) and rows["mean_diff"].astype(float).map(math.isfinite).any():
+            return metric
+    return None
+
+
+def headline_text(grid: F.GridData, compare: pd.DataFrame, skipped: dict[str, str]) -> str:
+    """What `stability report` prints (plain text): every arm against the baseline on the headline
+    metric, the notes that hold for it, and the figures not drawn, each said once."""
+    metric = _headline_metric(compare)
+    if metric is None:
+        lines = [f"{grid.name}: no paired difference against a baseline (arms: {', '.join(grid.arms)})"]
+    else:
+        rows = compare[compare["metric"] == metric]
+        multi_lr = rows["lr"].nunique(dropna=False) > 1
+        labels = [str(r["arm"]) + (f" (lr {r['lr']:g})" if multi_lr else "") for _, r in rows.iterrows()]
+        width = max(len(label) for label in labels)
+        n = "/".join(str(x) for x in dict.fromkeys(rows["n_pairs"]))
+        lines = [f"{grid.name}: {metric}, arm - {grid.baseline} (mean [95% CI], {n} seeds):"]
+        for label, (_, row) in zip(labels, rows.iterrows()):
+            effect = _effect_text(row) if math.isfinite(row["mean_diff"]) else str(row["note"] or "no data")
+            lines.append(f"  {label:<{width}}  {effect}")
+        lines += [f"note: {note}" for note in compare_notes(rows)]
+    if skipped:
+        lines.append("not drawn: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
     return "\n".join(lines)
 
 
