@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from reports import frames as F
-from reports.stats import RESULT_STATUSES, _arm_order, _baseline_of, _runs_of, bootstrap_ci
+from reports.stats import RESULT_STATUSES, arm_order, baseline_of, bootstrap_ci, runs_frame
 
 
 def effective_losses(runs: pd.DataFrame | F.GridData, metric: str = F.FINAL_EVAL_LOSS) -> pd.DataFrame:
@@ -20,7 +20,7 @@ def effective_losses(runs: pd.DataFrame | F.GridData, metric: str = F.FINAL_EVAL
     `loss_at_init` takes the median `loss_at_init` of all runs. failed / running runs are left out.
     Columns: arm, seed, lr, status, loss (as logged), loss_at_init, effective_loss.
     """
-    r = _runs_of(runs)
+    r = runs_frame(runs)
     r = r[r[F.STATUS].isin(RESULT_STATUSES) & r[F.LR].notna()]
     init = r[F.LOSS_AT_INIT].fillna(r[F.LOSS_AT_INIT].median())
     loss = r[metric].where(r[F.STATUS] != "diverged")
@@ -59,11 +59,11 @@ def lr_sensitivity(runs: pd.DataFrame | F.GridData, metric: str = F.FINAL_EVAL_L
     ci_low / ci_high (bootstrap over seeds), optimal_lr (the LR with the lowest seed-mean effective
     loss), best_loss (that mean), n_diverged, note.
     """
-    frame = _runs_of(runs)
+    frame = runs_frame(runs)
     eff = effective_losses(frame, metric)
     per_seed = _per_seed(eff)
     rows = []
-    for arm in _arm_order(frame, _baseline_of(runs)):
+    for arm in arm_order(frame, baseline_of(runs)):
         e, s = eff[eff["arm"] == arm], per_seed[per_seed["arm"] == arm]
         all_runs = frame[frame[F.ARM] == arm]
         swept = np.sort(e["lr"].unique())

@@ -168,12 +168,13 @@ def prob_improvement(base: Sequence[float], arm: Sequence[float], direction: str
 
 # ------------------------------------------------------------------------------------ run values
 
-def _runs_of(runs: pd.DataFrame | F.GridData) -> pd.DataFrame:
+def runs_frame(runs: pd.DataFrame | F.GridData) -> pd.DataFrame:
     """The typed runs frame, one run per (arm, seed, lr) (`_dedupe`)."""
     return _dedupe(F.typed_runs(runs.runs if isinstance(runs, F.GridData) else runs))
 
 
-def _baseline_of(runs: pd.DataFrame | F.GridData) -> str | None:
+def baseline_of(runs: pd.DataFrame | F.GridData) -> str | None:
+    """The GridData's baseline arm (a bare runs frame has none)."""
     return runs.baseline if isinstance(runs, F.GridData) else None
 
 
@@ -181,7 +182,8 @@ def _n_lrs(runs: pd.DataFrame) -> int:
     return int(runs[F.LR].dropna().nunique())
 
 
-def _arm_order(runs: pd.DataFrame, baseline: str | None) -> list[str]:
+def arm_order(runs: pd.DataFrame, baseline: str | None) -> list[str]:
+    """Arms as `GridData.arms` orders them: the baseline first, then first appearance."""
     return F.GridData(name="", runs=runs, baseline=baseline).arms
 
 
@@ -299,7 +301,7 @@ def paired_frame(runs: pd.DataFrame | F.GridData, metric: str, baseline: str, ar
     paired; they are listed in `frame.attrs["excluded"]` ("arm s2 (failed)"), runs without a
     partner in `frame.attrs["unpaired"]`. Pairs with a NaN value are kept (diff NaN).
     """
-    match = _match(_select_lr(_runs_of(runs), lr), baseline, arm)
+    match = _match(_select_lr(runs_frame(runs), lr), baseline, arm)
     pairs = _pairs_of(match, metric)
     pairs.attrs["excluded"], pairs.attrs["unpaired"] = match.excluded, match.unpaired
     return pairs
@@ -421,13 +423,13 @@ def compare_arms(runs: pd.DataFrame | F.GridData, baseline: str | None = None,
     """
     if isinstance(runs, F.GridData):
         baseline = baseline if baseline is not None else runs.baseline
-    frame = _runs_of(runs)
+    frame = runs_frame(runs)
     if test not in TESTS:
         raise ValueError(f"test must be one of {TESTS}, got {test!r}")
     known = sorted(set(frame[F.ARM].dropna()))
     if baseline not in known:
         raise ValueError(f"baseline {baseline!r} is not an arm of the runs {known}")
-    arms = [a for a in _arm_order(frame, baseline) if a != baseline]
+    arms = [a for a in arm_order(frame, baseline) if a != baseline]
     directions = _directions(lower_is_better)
     lrs: list[float | None] = [None]
     if by_lr and _n_lrs(frame) > 1:
@@ -472,11 +474,11 @@ def summary_by_arm(runs: pd.DataFrame | F.GridData, metrics: Sequence[str] = SUM
     their steps; loss-like metrics take their loss_at_init as in `run_values`); failed and running
     runs are counted but carry no metric values. `diverged_at_step` is not averaged (see the counts).
     """
-    frame = _runs_of(runs)
+    frame = runs_frame(runs)
     with_lr = _n_lrs(frame) > 1
     metrics = [m for m in metrics if m != DIVERGENCE]
     rows = []
-    for arm in _arm_order(frame, _baseline_of(runs)):
+    for arm in arm_order(frame, baseline_of(runs)):
         a = frame[frame[F.ARM] == arm]
         groups = [(lr, a[a[F.LR] == lr]) for lr in sorted(a[F.LR].dropna().unique())] if with_lr else \
             [(float(a[F.LR].iloc[0]) if a[F.LR].notna().any() else np.nan, a)]
