@@ -26,6 +26,7 @@ from reports.figures_common import (
     arm_title,
     filter_lr,
     finish,
+    lr_tag,
     lr_values,
     new_figure,
     no_data,
@@ -348,10 +349,21 @@ def _forest_rows(compare_df: pd.DataFrame, metric: str) -> pd.DataFrame:
         raise MissingData("no run diverged")
     spread = rows[["mean_diff", "ci_low", "ci_high"]].astype(float)
     if not np.isfinite(spread["mean_diff"]).any():
+        if metric == F.DIVERGED_AT_STEP:
+            raise MissingData("runs that never diverged count at +inf: no finite mean difference")
         raise MissingData(f"no arm has a finite mean difference in {metric}")
     if no_signal(spread) == "every value is 0":
         raise MissingData(f"every paired difference in {metric} is 0")
     return rows
+
+
+def _forest_keys(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """(gid key, tick label) per compare row: the arm, or with several LRs "arm|lr" and "arm, lr=x"
+    (one row per arm and LR, none hidden behind another)."""
+    lrs = rows["lr"] if "lr" in rows.columns else pd.Series(np.nan, index=rows.index)
+    if lrs.nunique(dropna=False) <= 1:
+        return [(str(a), str(a)) for a in rows["arm"]]
+    return [(f"{a}|{lr_tag(lr)}", f"{a}, lr={lr_tag(lr)}") for a, lr in zip(rows["arm"], lrs)]
 
 
 @S.styled
@@ -361,30 +373,34 @@ def forest_plot(compare_df: pd.DataFrame, metric: str, *, baseline: str | None =
     right of each row; too few seeds for p-values is said once, under the title. No figure
     (`MissingData`) when no arm has a finite difference or every difference is 0 (`_forest_rows`)."""
     rows = _forest_rows(compare_df, metric)
+    if "lr" in rows.columns:  # an arm's LRs next to each other
+        rank = {a: i for i, a in enumerate(dict.fromkeys(rows["arm"]))}
+        rows = rows.assign(_rank=rows["arm"].map(rank)).sort_values(["_rank", "lr"], kind="stable")
+    keys = _forest_keys(rows)
     arms = list(dict.fromkeys(rows["arm"]))
     colors = S.arm_colors(arms + ([baseline] if baseline else []), baseline)
-    fig, axes = new_figure(f"forest_{metric}", width=7.0, height=1.4 + 0.45 * len(arms))
+    fig, axes = new_figure(f"forest_{metric}", width=7.0, height=1.4 + 0.45 * len(keys))
     ax = axes[0, 0]
     ax.axvline(0.0, color="0.3", linewidth=0.8, linestyle="--", gid="zero")
-    ys = np.arange(len(arms))[::-1]
-    for y, arm in zip(ys, arms):
-        r = rows[rows["arm"] == arm].iloc[0]
+    ys = np.arange(len(keys))[::-1]
+    for y, (key, label), (_, r) in zip(ys, keys, rows.iterrows()):
+        arm = r["arm"]
         d, lo, hi = float(r["mean_diff"]), float(r["ci_low"]), float(r["ci_high"])
         if np.isfinite(lo) and np.isfinite(hi):
-            ax.hlines([y], lo, hi, color=colors[arm], linewidth=2.0, gid=f"ci|{arm}")
+            ax.hlines([y], lo, hi, color=colors[arm], linewidth=2.0, gid=f"ci|{key}")
         if np.isfinite(d):
             ax.plot([d], [y], marker="o", color=colors[arm], markeredgecolor="k", linestyle="none",
-                    gid=f"diff|{arm}")
+                    gid=f"diff|{key}")
         else:
-            skip(fig, arm, "no mean difference")
+            skip(fig, label, "no mean difference")
         n = r.get("n_pairs")
         text = _p_text(r)
         if n is not None and pd.notna(n) and "n=" not in text:
             text = ", ".join(t for t in (text, f"n={int(n)}") if t)
         ax.annotate(text, (1.01, y), xycoords=ax.get_yaxis_transform(), va="center", fontsize=7,
-                    annotation_clip=False, gid=f"annot|{arm}")
-    ax.set_yticks(ys, arms)
-    ax.set_ylim(-0.7, len(arms) - 0.3)
+                    annotation_clip=False, gid=f"annot|{key}")
+    ax.set_yticks(ys, [label for _, label in keys])
+    ax.set_ylim(-0.7, len(keys) - 0.3)
     ax.set_ylabel(S.ARM_LABEL)
     ax.set_xlabel(f"paired difference in {metric} (arm - {baseline or 'baseline'})")
     return finish(fig, f"{metric}: paired difference vs {baseline or 'baseline'} (whiskers: CI)"

@@ -63,7 +63,7 @@ def build_report(grid: F.GridData, out_dir: str | Path, *, test: str = "wilcoxon
     report.paths += report_figures(grid, compare, lrs, out / "figures", reasons=report.skipped,
                                    formats=formats)
     report.summary = summary_text(grid, compare, lrs, report)
-    report.headline = headline_text(grid, compare, report.skipped)
+    report.headline = headline_text(grid, compare, report.skipped, baseline=baseline)
     atomic_write_text(out / "summary.md", report.summary)
     report.paths.append(out / "summary.md")
     return report
@@ -157,6 +157,14 @@ def summary_text(grid: F.GridData, compare: pd.DataFrame, lrs: pd.DataFrame | No
     return "\n".join(lines)
 
 
+def _plain_effect(row: pd.Series) -> str:
+    """`_effect_line` in plain text, for the terminal."""
+    note = str(row.get("note") or "")
+    if not math.isfinite(row.get("mean_diff", math.nan)):
+        return note or "no paired difference"
+    return _effect_text(row) + (f" ({note})" if note else "")
+
+
 def _headline_metric(compare: pd.DataFrame) -> str | None:
     """The first `HEADLINE` metric with a finite paired difference."""
     for metric in HEADLINE:
@@ -166,25 +174,29 @@ def _headline_metric(compare: pd.DataFrame) -> str | None:
     return None
 
 
-def headline_text(grid: F.GridData, compare: pd.DataFrame, skipped: dict[str, str]) -> str:
-    """What `stability report` prints (plain text): every arm against the baseline on the headline
-    metric, the notes that hold for it, and the figures not drawn, each said once."""
+def headline_text(grid: F.GridData, compare: pd.DataFrame, skipped: dict[str, str], *,
+                  baseline: str | None = None) -> str:
+    """What `stability report` prints (plain text): every arm against the baseline (`baseline`,
+    default the grid's) on the headline metric, the notes that hold for it, and the figures not
+    drawn, each said once."""
+    baseline = baseline or grid.baseline
     metric = _headline_metric(compare)
     if metric is None:
         lines = [f"{grid.name}: no paired difference against a baseline (arms: {', '.join(grid.arms)})"]
     else:
         rows = compare[compare["metric"] == metric]
+        rank = {arm: i for i, arm in enumerate(grid.arms)}  # compare rows: metric, then lr, then arm
+        rows = rows.assign(_rank=rows["arm"].map(rank)).sort_values(["_rank", "lr"], kind="stable")
         multi_lr = rows["lr"].nunique(dropna=False) > 1
         labels = [str(r["arm"]) + (f" (lr {r['lr']:g})" if multi_lr else "") for _, r in rows.iterrows()]
         width = max(len(label) for label in labels)
         n = "/".join(str(x) for x in dict.fromkeys(rows["n_pairs"]))
-        lines = [f"{grid.name}: {metric}, arm - {grid.baseline} (mean [95% CI], {n} seeds):"]
+        lines = [f"{grid.name}: {metric}, arm - {baseline} (mean [95% CI], {n} seeds):"]
         for label, (_, row) in zip(labels, rows.iterrows()):
-            effect = _effect_text(row) if math.isfinite(row["mean_diff"]) else str(row["note"] or "no data")
-            lines.append(f"  {label:<{width}}  {effect}")
+            lines.append(f"  {label:<{width}}  {_plain_effect(row)}")
         lines += [f"note: {note}" for note in compare_notes(rows)]
     if skipped:
-        lines.append("not drawn: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
+        lines += ["not drawn:"] + [f"  {k}: {v}" for k, v in skipped.items()]
     return "\n".join(lines)
 
 

@@ -497,3 +497,15 @@ def test_curves_of_only_zeros_or_nans_are_not_drawn(grid):
     series = s[~s["metric"].str.startswith(M.ATTN_LOGIT_MAX)]
     with pytest.raises(R.MissingData, match="no finite value"):
         R.attn_logit_curves(F.GridData(grid.name, grid.runs, series, dense, baseline=grid.baseline))
+
+
+def test_forest_plot_shows_every_lr_of_an_arm(grid):
+    cmp = compare_arms(grid, metrics=[F.FINAL_EVAL_LOSS], n_boot=200)
+    fig = R.forest_plot(cmp, F.FINAL_EVAL_LOSS, baseline="olmo2")
+    ax = fig.axes[0]
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert ticks == [f"{arm}, lr={lr:g}" for arm in ARMS[1:] for lr in LRS]  # top to bottom
+    for arm in ARMS[1:]:
+        for lr in LRS:
+            row = cmp[(cmp["arm"] == arm) & np.isclose(cmp["lr"], lr)].iloc[0]
+            np.testing.assert_allclose(one_in(ax, f"diff|{arm}|{lr:g}").get_xdata(), [row["mean_diff"]])

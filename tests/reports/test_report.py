@@ -18,6 +18,8 @@ import pytest
 import reports.load
 from reports import frames as F
 from reports.commands import add_report_parsers, cmd_report
+from reports.report import headline_text
+from reports.stats import compare_arms
 from stability import metric_names as M
 from tests.reports.factories import synthetic_grid
 
@@ -137,7 +139,25 @@ def test_cli_prints_the_path_and_the_headline_not_the_summary(reported):
     assert lines[1] == f"synthetic: {F.FINAL_EVAL_LOSS}, arm - olmo2 (mean [95% CI], 2 seeds):"
     for arm, line in zip(ARMS[1:], lines[2:4]):
         assert line.split()[0] == arm and re.search(r"\[.+\], better in \d/2 seeds$", line)
-    assert len(lines) == 6  # path, headline, 2 arms, the seeds note, the figures not drawn
+    assert lines[4].startswith("note: too few seeds (n=2) for wilcoxon") and lines[5] == "not drawn:"
+    drawn_not = dict(line.strip().split(": ", 1) for line in lines[6:])  # one "  name: reason" line each
+    assert drawn_not[f"forest_{F.DIVERGED_AT_STEP}"] == "no run diverged"
+    assert set(SKIPPED_FIGURES) <= set(drawn_not) and "lr_sensitivity" in drawn_not
     summary = (out / "summary.md").read_text()
     assert "# Grid" not in stdout and "##" not in stdout and "![" not in stdout
     assert F.MAX_ATTN_LOGIT not in stdout and len(stdout) < len(summary) / 3
+
+
+def test_headline_orders_arms_by_lr_and_names_the_baseline_used():
+    grid = synthetic_grid(arms=("a", "b", "c"), seeds=(0, 1), lrs=(1e-3, 1e-2), steps=40, baseline=None,
+                          diverged={("c", 1, 1e-2): 20})
+    compare = compare_arms(grid, "a", [F.FINAL_EVAL_LOSS], n_boot=200)
+    lines = headline_text(grid, compare, {}, baseline="a").splitlines()
+    assert lines[0] == f"synthetic: {F.FINAL_EVAL_LOSS}, arm - a (mean [95% CI], 2 seeds):"
+    assert [line.split("  ")[1].strip() for line in lines[1:5]] == \
+        ["b (lr 0.001)", "b (lr 0.01)", "c (lr 0.001)", "c (lr 0.01)"]
+    assert lines[4].endswith("(diverged runs count as loss_at_init)")
+    assert lines[5:] == [lines[5]] and lines[5].startswith("note: too few seeds")
+    lone = synthetic_grid(arms=("a",), seeds=(0,), steps=20, baseline="a")
+    assert headline_text(lone, compare_arms(lone, "a", n_boot=200), {"x": "why"}).splitlines() == \
+        ["synthetic: no paired difference against a baseline (arms: a)", "not drawn:", "  x: why"]
