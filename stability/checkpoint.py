@@ -6,6 +6,9 @@ checkpoint when the newest is truncated or corrupted. Files load with `weights_o
 checkpoint from an untrusted source cannot run code: one that holds anything else is refused
 (`UnsafeCheckpointError`, a `ConfigError`: the CLI prints one line and exits 2).
 
+A write that is interrupted (a second Ctrl-C while the emergency checkpoint of a stop is written)
+leaves the same: the temporary file is removed, the previous checkpoints are untouched.
+
 A write that fails (disk full, ...) raises `CheckpointWriteError` (an `OSError`) whose one-line
 message names the file and the reason; the temporary file is removed and nothing the loader reads
 (`step_*.pt` with its sidecar, `latest.json`) is replaced, so the previous checkpoint stays usable.
@@ -107,8 +110,10 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
             f.flush()
             os.fsync(f.fileno())
         meta = {"sha256": _digest(tmp), "bytes": tmp.stat().st_size, "step": step}
-        os.replace(tmp, path)
-        replaced = True
+        try:
+            os.replace(tmp, path)
+        finally:  # also when an interrupt lands right after the rename
+            replaced = not tmp.exists()
         _write_atomic(path.with_suffix(".pt.sha256"), json.dumps(meta).encode())
         replaced = False  # complete: verifiable from here on
         _write_atomic(d / "latest.json", json.dumps({"file": path.name, **meta}).encode())
@@ -124,6 +129,10 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
                                    f"written before in {d} are kept")
         err.errno = cause.errno
         raise err from exc
+    except BaseException:  # a second Ctrl-C during an emergency checkpoint: keep the previous one
+        if replaced:
+            path.unlink(missing_ok=True)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     for old in list_checkpoints(d)[:-keep]:
