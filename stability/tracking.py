@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from stability.tracking_io import (
-    _MLFLOW_STATUS,
     _SEND_DELAYS,
     _SPOOL_VERSION,
     DEFAULT_SPOOL_DIR,
@@ -28,6 +27,7 @@ from stability.tracking_io import (
     MAX_BATCH,
     MAX_PARAMS,
     MAX_TAGS,
+    MLFLOW_STATUS,
     SEND_TIMEOUT_S,
     TrackingUnavailable,  # noqa: F401 - part of this module's API
     _check_reachable,
@@ -64,6 +64,27 @@ def experiment_id_for(client: Any, name: str, uri: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def resumable_run_id(uri: str, experiment: str, run_name: str, cell: str) -> str | None:
+    """The newest run named `run_name` of the same config (`cell` tag) that is not a result yet
+    (killed before its first checkpoint), so that `--resume` without a checkpoint continues it
+    instead of opening a second run under one name; None when there is none."""
+    _quiet_mlflow_logs()
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_uri(uri)
+    _check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp = _retry(client.get_experiment_by_name, experiment)
+    if exp is None:
+        return None
+    runs = _retry(client.search_runs, [exp.experiment_id], filter_string=f"tags.cell = '{cell}'",
+                  order_by=["attributes.start_time DESC"], max_results=1000)  # cell: hex digits
+    for run in runs:
+        if run.info.run_name == run_name and run.data.tags.get("status") not in ("finished", "diverged"):
+            return run.info.run_id
+    return None
 
 
 def git_commit() -> str | None:
@@ -107,6 +128,7 @@ class Tracker:
         self.logged_through = -1
         if self.resumed:  # points a crashed process spooled count as logged: they will be sent
             self.logged_through = max(self._last_logged_step(), self.spool.max_step("train/loss"))
+            self._reopen()
         self._sender = _Sender(self.client, self.uri)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._error: BaseException | None = None
@@ -122,6 +144,11 @@ class Tracker:
 
     def _experiment(self, name: str) -> str:
         return experiment_id_for(self.client, name, self.uri)
+
+    def _reopen(self) -> None:
+        """A resumed run is RUNNING again (an interrupted one was KILLED, a failed one FAILED)."""
+        if _retry(self.client.get_run, self.run_id).info.status != "RUNNING":
+            _retry(self.client.update_run, self.run_id, "RUNNING")
 
     def _last_logged_step(self, key: str = "train/loss") -> int:
         history = _retry(self.client.get_metric_history, self.run_id, key)
@@ -335,7 +362,7 @@ class Tracker:
         deadline = time.monotonic() + timeout
         if self._writer.is_alive():
             self.set_tags({"status": status, **(tags or {})})
-            self._queue.put(("terminate", _MLFLOW_STATUS.get(status, "KILLED"),
+            self._queue.put(("terminate", MLFLOW_STATUS.get(status, "KILLED"),
                              int(time.time() * 1000)))
             self._queue.put(("stop", deadline))
             self._deadline = deadline

@@ -54,8 +54,11 @@ DEFAULT_SPOOL_DIR = "mlflow_spool"
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch request
 MAX_PARAMS = 100  # MLflow's limit of params per log_batch request
 MAX_TAGS = 100  # MLflow's limit of tags per log_batch request
-STATUSES = ("running", "finished", "diverged", "failed")
-_MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
+STATUSES = ("running", "finished", "diverged", "failed", "interrupted")
+# The `status` tag -> MLflow's run status. `interrupted` (stopped by a signal, checkpointed,
+# resumable) is KILLED: ended from outside, neither completed (FINISHED) nor crashed (FAILED).
+MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED",
+                 "interrupted": "KILLED"}
 SEND_TIMEOUT_S = 10.0  # one HTTP request to the server, connect + read
 START_WAIT_S = 5.0  # how long a run start waits for an HTTP server that does not answer
 _SEND_DELAYS = (0.1, 0.3)  # the short retry before a write is spooled (3 attempts)
@@ -74,6 +77,13 @@ class SpoolWriteError(OSError):
 def resolve_uri(uri: str = "") -> str:
     """The tracking URI by DESIGN.md's rule."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def absolute_uri(uri: str) -> str:
+    """`sqlite:///relative.db` -> `sqlite:////abs/relative.db` (workers may run elsewhere)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
 
 
 def _quiet_mlflow_logs() -> None:
