@@ -1,7 +1,8 @@
-"""The `stability` command: `train`, `config` (print the resolved config) and `presets`.
+"""The `stability` command: train, config, presets, probe-init, grid, report, dashboard, tracking.
 
 Bad input (unknown key, wrong type, bad value, missing file) prints one line naming the key and
-what is allowed, and exits with status 2 before anything is created.
+what is allowed, and exits with status 2 before anything is created. Only `train`, `probe-init`
+and `grid run` import torch: the other commands, and `--help`, start without it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import sys
 from collections.abc import Sequence
 
 from model.config import ConfigError
+from stability.stop import PRE_TIMEOUT_DEFAULT, exit_code, signal_name
 
 EXIT_CONFIG = 2
+EXIT_CODES = ("exit status: 0 done; 1 a grid with failed cells, or a checkpoint / spool write that "
+              "failed; 2 bad input; 128+N stopped by signal N, checkpointed and resumable (130 "
+              "Ctrl-C, 143 SIGTERM)")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -23,8 +28,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stability", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="stability", description=__doc__.splitlines()[0],
+                                     epilog=EXIT_CODES)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one run and log it to MLflow")
     _config_args(p)
@@ -34,12 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="MLflow run name, also names the checkpoint folder")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest good checkpoint into the same MLflow run")
+    p.add_argument("--stop-signal", default=PRE_TIMEOUT_DEFAULT, metavar="SIG[,SIG]",
+                   help="besides SIGTERM and SIGINT, the signals that stop the run after the current "
+                        "step with a checkpoint, e.g. Slurm's pre-timeout --signal (default "
+                        f"{PRE_TIMEOUT_DEFAULT}; none: only TERM and INT)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("config", help="print the resolved config as TOML")
     _config_args(p)
 
-    sub.add_parser("presets", help="list the named presets")
+    sub.add_parser("presets", help="list the named presets (sizes, budgets, parameter counts)")
 
     from ablations.commands import add_grid_parser  # the CLI composes the packages
 
@@ -48,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_parsers(sub)
 
-    p = sub.add_parser("tracking", help="tracking utilities")
+    p = sub.add_parser("tracking", help="tracking utilities (replay a spool an outage left)")
     tsub = p.add_subparsers(dest="tracking_command", required=True)
     r = tsub.add_parser("replay", help="send a spool file of points a tracking outage left")
     r.add_argument("spool", help="the .jsonl spool file (printed when the run finished)")
@@ -78,17 +88,30 @@ def _resolve(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from stability.stop import handling, raise_stopped, stop_signals
+
+    signals = stop_signals(args.stop_signal)
     cfg = _resolve(args)  # bad input fails here, before the trainer's heavy imports
+    with handling(signals, raise_stopped):  # before the first step: nothing to checkpoint, stop now
+        return _train(cfg, args, signals)
+
+
+def _train(cfg, args: argparse.Namespace, signals) -> int:
+    import signal
 
     from stability.tracking import resolve_uri
     from stability.train import Trainer
 
-    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, stop_signals=signals)
     stats = trainer.data.stats
     print(f"run {trainer.run_name}: {trainer.model.num_params():,} params, "
           f"{stats.get('tokens', 0):,} tokens of {stats.get('source', cfg.data.corpus)}, "
           f"device {trainer.device}", file=sys.stderr)
     result = trainer.run()
+    if result.stop_signal:
+        print(f"status: interrupted by {result.stop_signal} after {result.steps} steps; checkpoint "
+              f"written in {result.checkpoint_dir}; continue with the same command and --resume")
+        return exit_code(signum=signal.Signals[result.stop_signal])
     print(f"status: {result.status} after {result.steps} steps"
           + (f" (diverged at step {result.diverged_at_step})" if result.diverged_at_step is not None
              else ""))
@@ -185,12 +208,14 @@ def cmd_tracking(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {"train": cmd_train, "config": cmd_config, "presets": cmd_presets,
+            "probe-init": cmd_probe_init, "tracking": cmd_tracking, "grid": cmd_grid,
+            "report": cmd_report, "dashboard": cmd_dashboard}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "config": cmd_config, "presets": cmd_presets,
-               "probe-init": cmd_probe_init, "tracking": cmd_tracking, "grid": cmd_grid,
-               "report": cmd_report, "dashboard": cmd_dashboard,
-               }[args.command]
+    handler = COMMANDS[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -204,11 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a stop signal outside the training loop, or a second Ctrl-C
         hint = ("rerun the same command to continue the grid" if args.command == "grid"
-                else "rerun with --resume to continue from the last checkpoint")
-        print(f"interrupted: {hint}", file=sys.stderr)
-        return 130
+                else "rerun with --resume to continue from the newest checkpoint, if there is one")
+        code = exit_code(exc)
+        print(f"interrupted ({signal_name(code - 128)}): {hint}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

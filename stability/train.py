@@ -3,6 +3,12 @@
 The hot loop keeps every per-step scalar on device in a `[log_every, K]` buffer and copies it to
 the host once per read-out (`train.log_every`): no `.item()` per step. A non-finite loss or grad
 norm is found at the read-out and ends the run with status `diverged` at the exact step.
+
+Read-outs fall on the multiples of `log_every` (and at checkpoints and the last step), so a run
+resumed from any step reads out where the uninterrupted one did. A stop signal (SIGTERM, SIGINT,
+a pre-timeout signal: stability.stop) ends the run after the current step: its rows are read out
+and logged (the per-read-out series wait for the next regular read-out), a checkpoint is written
+whatever `checkpoint_every` says and the run ends with status `interrupted`.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import contextlib
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,8 @@ from stability.probes.growth import growth_exponents
 from stability.probes.session import ProbeSession
 from stability.schedule import lr_at
 from stability.seeding import config_hash, derive_seeds, init_generator
-from stability.tracking import Tracker, git_commit
+from stability.stop import ALWAYS, StopRequest, handling
+from stability.tracking import Tracker, git_commit, resumable_run_id
 
 DENSE_FLUSH_READOUTS = 10  # a dense Parquet part every 10 read-outs (and at checkpoints, end)
 
@@ -52,13 +59,14 @@ _RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_batches", "
 class RunResult:
     """What a run ended with."""
 
-    status: str  # finished | diverged
+    status: str  # finished | diverged | interrupted
     steps: int  # optimizer steps taken (including the diverging one)
     final_loss: float | None
     eval_loss: float | None
     diverged_at_step: int | None
     run_id: str | None
     checkpoint_dir: str
+    stop_signal: str | None = None  # interrupted: the signal's name, e.g. SIGTERM
 
 
 def model_loss(model: model_lib.Transformer, input_ids: torch.Tensor, labels: torch.Tensor,
@@ -87,10 +95,13 @@ def default_run_name(cfg: RunConfig) -> str:
 class Trainer:
     """Builds everything from a `RunConfig` and runs (or resumes) it to the end."""
 
-    def __init__(self, cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, progress: bool = True,
+                 stop_signals: Sequence[int] = ALWAYS) -> None:
         cfg.validate()
         self.cfg = cfg
         self.resume = resume
+        self.stop_signals = tuple(stop_signals)  # end the run cleanly after the current step
+        self.stop = StopRequest()
         # Data parallel under torchrun (stability.distributed), else None and a single process.
         self.dist, self.device = data_parallel(cfg, resolve_device(cfg.train.device))
         self.rank0 = self.dist is None or self.dist.is_rank0  # tracking, artifacts, progress bar
@@ -192,8 +203,13 @@ class Trainer:
         self._masked += batch.n_masked  # host-side count from the loader: no sync
 
     # ------------------------------------------------------------------ read-out and eval
-    def _read_out(self, elapsed: float) -> tuple[dict[str, float], int | None]:
-        """One host copy of the step buffer and probe rows; log them; find the first non-finite."""
+    def _read_out(self, elapsed: float, partial: bool = False) -> tuple[dict[str, float], int | None]:
+        """One host copy of the step buffer and probe rows; log them; find the first non-finite.
+
+        `partial` (a stop between read-outs): the rows are logged, the per-read-out series are not
+        (the count of masked labels goes on in the checkpoint), so a resumed run logs them at the
+        step the uninterrupted one does.
+        """
         found = self.probes.read_out(self._buffer[: self._buffer_rows], self._buffer_start)
         if self.tracker:
             for step, named in found.steps + found.probes:
@@ -214,10 +230,11 @@ class Trainer:
         last[M.TRAIN_TOKENS] = float(self.tokens_seen)
         last[M.TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
         last[M.TRAIN_MASKED_TOKENS] = float(self._masked)
-        self._masked = 0
+        if not partial:
+            self._masked = 0
         if self.probes.monitor is not None:
             last.update(self.probes.monitor.scores())
-        if self.tracker and found.first_bad is None:
+        if self.tracker and found.first_bad is None and not partial:
             self.tracker.log_metrics(self._buffer_start + self._buffer_rows - 1, {
                 k: v for k, v in last.items()
                 if k in (M.TRAIN_TOKENS_PER_S, M.TRAIN_MFU, M.TRAIN_TOKENS, M.TRAIN_LR,
@@ -247,6 +264,7 @@ class Trainer:
         return {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
+            "masked_since_read_out": self._masked,  # nonzero after a stop between read-outs
             **({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
                if weights else {}),
             "skip_step": self.skip.state_dict() if self.skip else None,
@@ -285,19 +303,27 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
+        self._masked = int(state.get("masked_since_read_out", 0))
         self._buffer_start = self.step
         self.run_id = state["run_id"]
         return True
 
     # ------------------------------------------------------------------ tracking
+    def _cell(self) -> str:
+        """The config's content hash: a grid cell's id, and what a run adopted by name must match."""
+        return config_hash(self.cfg.to_dict())[:12]
+
     def _start_tracking(self) -> None:
         t = self.cfg.tracking
         if not t.enabled or not self.rank0:
             return
         parent = {"mlflow.parentRunId": t.parent_run_id} if t.parent_run_id else {}
-        self.tracker = Tracker(t.uri, t.experiment, self.run_name,
-                               run_id=self.run_id or t.run_id or None,
-                               spool_dir=self.ckpt_dir / "mlflow_spool", tags=parent)
+        run_id = self.run_id or t.run_id or None
+        if run_id is None and self.resume:  # no checkpoint: the run of this name, never a second
+            run_id = resumable_run_id(t.uri, t.experiment, self.run_name, self._cell())
+        self.tracker = Tracker(t.uri, t.experiment, self.run_name, run_id=run_id,
+                               spool_dir=self.ckpt_dir / "mlflow_spool",
+                               tags={**parent, "cell": self._cell(), "status": "running"})
         self.run_id = self.tracker.run_id
         if self.tracker.resumed and self.step > 0:
             self.tracker.set_tags({"status": "running", "resumed_at_step": self.step})
@@ -307,7 +333,7 @@ class Trainer:
         self.tracker.set_tags({
             "recipe": run_recipe_of(self.cfg), "preset": self.cfg.preset or "custom",
             "seed": self.cfg.train.seed, "lr": self.cfg.optim.lr,
-            "cell": config_hash(resolved)[:12], "status": "running", "git_commit": git_commit(),
+            "cell": self._cell(), "status": "running", "git_commit": git_commit(),
             "arm": t.arm or None, **parent,
             "device": str(self.device), "ranks": self.dist.world_size if self.dist else 1,
             "data_fingerprint": self.data.fingerprint,
@@ -319,11 +345,32 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> RunResult:
-        """Train to `train.steps` (from the last checkpoint with `resume`); never raises on NaN."""
+        """Train to `train.steps` (from the last checkpoint with `resume`); never raises on NaN.
+
+        One of `stop_signals` ends it after the current step, checkpointed, status `interrupted`.
+        """
+        with handling(self.stop_signals, self.stop.handle):
+            return self._run()
+
+    def _stop_agreed(self, at_read_out: bool) -> bool:
+        """Whether a stop signal ends the run after this step. Under torchrun every rank must stop
+        at the same step (the checkpoint is collective): the flag is summed over the ranks at
+        read-outs, where the host syncs anyway, so a rank never waits for one that has left."""
+        if self.dist is None:
+            return self.stop.requested
+        if not at_read_out:
+            return False
+        flag = torch.tensor(float(self.stop.requested), device=self.device)
+        return bool(self.dist.sum_(flag).item() > 0)
+
+    def _run(self) -> RunResult:
         cfg = self.cfg.train
-        if self.resume and not self._restore():
-            print(f"note: no checkpoint in {self.ckpt_dir}; starting from step 0", file=sys.stderr)
+        restored = self.resume and self._restore()
         self._start_tracking()
+        if self.resume and not restored:
+            adopted = f" in MLflow run {self.run_id}" if self.tracker and self.tracker.resumed else ""
+            print(f"note: nothing to resume (no checkpoint in {self.ckpt_dir}); starting from step 0"
+                  f"{adopted}", file=sys.stderr)
         if self.step == 0 and self.cfg.probes.enabled:
             self._log_growth()
         self.model.train()
@@ -336,8 +383,10 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 at_ckpt = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
-                if self._buffer_rows == cfg.log_every or self.step == cfg.steps or at_ckpt:
-                    last, diverged_at = self._read_out(time.perf_counter() - t0)
+                regular = self.step % cfg.log_every == 0 or self.step == cfg.steps or at_ckpt
+                stopping = self._stop_agreed(regular) and self.step < cfg.steps
+                if regular or stopping:
+                    last, diverged_at = self._read_out(time.perf_counter() - t0, partial=not regular)
                     if diverged_at is not None:
                         status = "diverged"
                         break
@@ -348,16 +397,25 @@ class Trainer:
                                     spikes=int(last.get(M.SPIKE_COUNT, 0)))
                     if self.on_read_out is not None:
                         self.on_read_out(self.step, last)
-                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    if regular and cfg.eval_every and self.step % cfg.eval_every == 0 \
+                            and self.step < cfg.steps:
                         eval_loss = self._log_eval()
-                    if at_ckpt and self.step < cfg.steps:
+                    if (at_ckpt or stopping) and self.step < cfg.steps:
                         self._flush_dense()
                         self.save()
                         self._log_spikes()
+                    if stopping:
+                        status = "interrupted"
+                        break
                     t0 = time.perf_counter()  # tokens/s counts training steps only
             if status == "finished":
                 eval_loss = self._log_eval()
                 self.save()
+        except KeyboardInterrupt:  # a second Ctrl-C during the emergency checkpoint: the last
+            bar.close()  # checkpoint written before stays, and so does the run's resumability
+            if self.tracker:
+                self.tracker.finish("interrupted", {"interrupted_at_step": self.step})
+            raise
         except BaseException:
             bar.close()
             if self.tracker:
@@ -366,11 +424,14 @@ class Trainer:
         bar.close()
         self._flush_dense()
         self._log_spikes()
+        stop_signal = self.stop.name if status == "interrupted" else None
         if self.tracker:
             tags = {"diverged_at_step": diverged_at} if diverged_at is not None else {}
+            if stop_signal:
+                tags = {"interrupted_at_step": self.step, "stop_signal": stop_signal}
             self.tracker.finish(status, tags)
         return RunResult(status, self.step, last.get(M.TRAIN_LOSS), eval_loss, diverged_at,
-                         self.run_id, str(self.ckpt_dir))
+                         self.run_id, str(self.ckpt_dir), stop_signal)
 
     def _growth(self) -> dict[str, float]:
         batch = self.data.val_batches(self.cfg.train.batch_size, 1)[0].to(self.device)
@@ -410,7 +471,8 @@ def _progress_bar(total: int, initial: int, enabled: bool):
                 file=sys.stderr)
 
 
-def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> RunResult:
+def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
+          stop_signals: Sequence[int] = ALWAYS) -> RunResult:
     """Build a `Trainer` for `cfg` and run it."""
-    return Trainer(cfg, resume=resume, progress=progress).run()
+    return Trainer(cfg, resume=resume, progress=progress, stop_signals=stop_signals).run()
 

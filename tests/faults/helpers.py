@@ -72,8 +72,8 @@ class TrainProcess:
     def _read_out(self) -> None:
         self.stdout = self.proc.stdout.read().decode(errors="replace")
 
-    def kill_at(self, step: int, timeout: float = 240) -> int:
-        """SIGKILL once the bar shows `step` or more; returns the step it showed (the process may
+    def wait_for_step(self, step: int, timeout: float = 240) -> int:
+        """Block until the bar shows `step` or more; returns the step it showed (the process may
         have gone a step or two further: the bar is refreshed every 0.1 s)."""
         deadline = time.monotonic() + timeout
         while self.step < step:
@@ -82,9 +82,21 @@ class TrainProcess:
                 pytest.fail(f"training ended (rc {self.proc.returncode}) before step {step}:\n"
                             f"{self.stderr[-3000:]}")
             time.sleep(0.01)
+        return self.step
+
+    def kill_at(self, step: int, timeout: float = 240) -> int:
+        """SIGKILL once the bar shows `step` or more; returns the step it showed."""
+        shown = self.wait_for_step(step, timeout)
         os.kill(self.proc.pid, signal.SIGKILL)
         self.wait()
-        return self.step
+        return shown
+
+    def signal_at(self, step: int, sig: int, timeout: float = 240) -> int:
+        """Send `sig` once the bar shows `step` or more (the process goes on to handle it);
+        returns the step the bar showed."""
+        shown = self.wait_for_step(step, timeout)
+        os.kill(self.proc.pid, sig)
+        return shown
 
     def wait(self, timeout: float = 300) -> int:
         rc = self.proc.wait(timeout=timeout)
