@@ -10,7 +10,7 @@ SPEC_HELP = "a spec file, or a bundled grid's name (quick, olmo2_section3, lr_se
 
 
 def add_grid_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grid", help="paired ablation grids (ablations/grids/*.toml)")
+    p = sub.add_parser("grid", help="paired ablation grids: plan, run, status (ablations/grids/*.toml)")
     gsub = p.add_subparsers(dest="grid_command", required=True)
 
     def spec_args(g: argparse.ArgumentParser) -> None:
@@ -20,7 +20,8 @@ def add_grid_parser(sub: argparse._SubParsersAction) -> None:
 
     spec_args(gsub.add_parser("plan", help="print the cells (arm, seed, lr, cell id) and the cost"))
 
-    g = gsub.add_parser("run", help="run every cell not yet done (resumable: rerun to continue)")
+    g = gsub.add_parser("run", help="run every cell not yet done (resumable: rerun to continue; "
+                                    "SIGTERM / Ctrl-C checkpoints the running cells)")
     spec_args(g)
     g.add_argument("--jobs", type=int, help="cells at once (default: one per GPU; on CPU, cores / "
                                             "resources.cpus, else 1)")
@@ -56,25 +57,22 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 def _status(spec, uri: str | None) -> int:
     from ablations.grid_tracking import GridStore
-    from ablations.runner import absolute_uri
     from ablations.status import cell_statuses, format_matrix
-    from stability.tracking_io import resolve_uri
+    from stability.tracking_io import absolute_uri, resolve_uri
 
     store = GridStore(absolute_uri(resolve_uri(uri)), spec)
     print(format_matrix(spec, cell_statuses(spec, store)))
     return 0
 
 
-def _sigterm_as_interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _run(spec, args: argparse.Namespace) -> int:
     import signal
 
     from ablations.runner import BACKENDS
+    from stability.stop import raise_stopped, stop_signals
 
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # stop the workers cleanly, as on Ctrl-C
+    for sig in stop_signals():  # the runner passes them on to its cells (ablations.runner)
+        signal.signal(sig, raise_stopped)
 
     if args.backend not in BACKENDS:
         raise ConfigError(f"--backend: {args.backend!r} not in ({', '.join(BACKENDS)})")

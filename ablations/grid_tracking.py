@@ -16,11 +16,12 @@ from typing import Any
 
 from ablations.spec import Cell, GridSpec
 from stability.tracking import experiment_id_for
-from stability.tracking_io import _quiet_mlflow_logs, _retry
+from stability.tracking_io import MLFLOW_STATUS, _quiet_mlflow_logs, _retry
 
 ROLE_TAG = "stability.role"
 PARENT_ROLE = "grid"
 DONE = ("finished", "diverged")  # a result: never rerun
+NOT_DONE = ("running", "interrupted", "pending")  # resumed by a rerun (failed cells are retried)
 
 
 @dataclass
@@ -28,7 +29,7 @@ class CellRun:
     """What MLflow knows about one cell's run."""
 
     run_id: str
-    status: str  # the `status` tag (running | finished | diverged | failed)
+    status: str  # the `status` tag (running | finished | diverged | failed | interrupted)
     parent_run_id: str | None
     tags: dict[str, str]
     metrics: dict[str, float]
@@ -117,19 +118,37 @@ class GridStore:
         _retry(self.client.set_tag, run_id, "status", "failed")
         _retry(self.client.set_terminated, run_id, "FAILED")
 
-    def close_parent(self, run_id: str, counts: dict[str, int]) -> str:
-        """Tag the parent with the cell counts and end it: finished when every cell is a result."""
-        status = "finished" if counts.get("failed", 0) == 0 and counts.get("running", 0) == 0 \
-            and counts.get("pending", 0) == 0 else "failed"
+    def close_parent(self, run_id: str, counts: dict[str, int], interrupted: bool = False) -> str:
+        """Tag the parent with the cell counts and end it: finished when every cell is a result,
+        interrupted when the runner or a cell was stopped (and none failed), else failed."""
+        status = parent_status(counts, interrupted)
         for k, v in counts.items():
             _retry(self.client.set_tag, run_id, f"cells_{k}", str(v))
         _retry(self.client.set_tag, run_id, "status", status)
-        _retry(self.client.set_terminated, run_id, "FINISHED" if status == "finished" else "FAILED")
+        _retry(self.client.set_terminated, run_id, MLFLOW_STATUS[status])
         return status
 
 
+def parent_status(counts: dict[str, int], interrupted: bool = False) -> str:
+    """finished | interrupted | failed, from the cell counts (see `GridStore.close_parent`)."""
+    if counts.get("failed", 0):
+        return "failed"
+    if not any(counts.get(k, 0) for k in NOT_DONE):
+        return "finished"
+    return "interrupted" if interrupted or counts.get("interrupted", 0) else "failed"
+
+
+def mark_interrupted(uri: str, run_id: str, signal_name: str) -> None:
+    """Record a cell stopped outside its training loop: status `interrupted`, MLflow KILLED."""
+    client = _client(uri)
+    _retry(client.set_tag, run_id, "status", "interrupted", attempts=3)
+    _retry(client.set_tag, run_id, "stop_signal", signal_name, attempts=3)
+    _retry(client.set_terminated, run_id, MLFLOW_STATUS["interrupted"], attempts=3)
+
+
 def _mlflow_status(status: str) -> str:
-    return {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed"}.get(status, "running")
+    """A run without a `status` tag: its MLflow status as ours (KILLED: stopped from outside)."""
+    return {"FINISHED": "finished", "FAILED": "failed", "KILLED": "interrupted"}.get(status, "running")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -1,15 +1,21 @@
 """`stability grid run SPEC`: run every cell of a grid, resumably, locally or on Slurm.
 
 A cell is its config's content hash. On every (re)run the runner asks MLflow what exists:
-finished and diverged cells are results and are skipped; a cell whose run is still `running`
-(the runner was killed) or `failed` resumes from its newest checkpoint in `runs/<grid>/<cell>/`
-into the same MLflow run (its child run is created before its worker starts, so even a cell killed
-before its first checkpoint has one run). The tracker never logs a step twice into a resumed run.
+finished and diverged cells are results and are skipped; a cell whose run is `interrupted` (the
+runner was stopped), still `running` (the runner was killed) or `failed` resumes from its newest
+checkpoint in `runs/<grid>/<cell>/` into the same MLflow run (its child run is created before its
+worker starts, so even a cell killed before its first checkpoint has one run). The tracker never
+logs a step twice into a resumed run.
 
 Local backend: one worker process per cell (`python -m ablations.worker`), at most `jobs` at once,
 CPU threads split between them, `resources.gpus` GPUs per cell where there are GPUs (default one);
 a cell with several ranks runs them under torchrun inside its worker. A worker dies with the
-runner (PDEATHSIG) and holds a lock on its cell folder. With an embedded sqlite store and more
+runner (PDEATHSIG) and holds a lock on its cell folder. Workers run in their own sessions, so a
+Ctrl-C reaches them once, through the runner: SIGTERM, SIGINT or a user signal to the runner is
+passed on to every worker, which checkpoints after its current step and marks its run
+`interrupted`; the runner waits for them, marks the grid's parent run interrupted and exits
+128 + the signal. A second signal is passed on too (a second Ctrl-C: the workers give up the
+checkpoint being written and keep the previous one). With an embedded sqlite store and more
 than one worker, the runner puts a private `mlflow server` on loopback in front of the file
 (`stability.tracking_server`), so parallel writers never hit "database is locked".
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,23 +37,17 @@ from ablations.grid_tracking import DONE, CellRun, GridStore
 from ablations.progress import GridProgress
 from ablations.spec import Cell, GridSpec
 from ablations.status import cell_statuses, counts
-from ablations.worker import EXIT_BUSY, CellJob, child_env, log_tail
+from ablations.worker import EXIT_BUSY, PARENT_DEATH_ENV, CellJob, child_env, log_tail
 from model.config import ConfigError
 from stability.config import to_toml
-from stability.tracking_io import resolve_uri
+from stability.tracking_io import absolute_uri, resolve_uri
 
 if TYPE_CHECKING:
     from stability.tracking_server import LoopbackServer
 
 BACKENDS = ("local", "slurm", "submitit-local")
 POLL_S = 0.5
-
-
-def absolute_uri(uri: str) -> str:
-    """`sqlite:///relative.db` -> `sqlite:////abs/relative.db` (workers may run elsewhere)."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
+STOP_GRACE_S = 120.0  # how long stopped workers get to checkpoint before they are killed
 
 
 @dataclass
@@ -144,11 +145,13 @@ class LocalRunner:
         job = CellJob(cell.cell_id, cell.arm, cell.seed, cell.lr, run_id, parent_run_id, worker_uri,
                       self.threads, str(d), ranks=self.spec.ranks)
         job.write(d / "job.json")
-        (d / "progress.json").unlink(missing_ok=True)
+        for stale in ("progress.json", "result.json"):  # an earlier attempt's
+            (d / stale).unlink(missing_ok=True)
         return job
 
     def launch(self, cell: Cell, job: CellJob, gpus: list[str]) -> Slot:
         env = child_env(job.threads)
+        env[PARENT_DEATH_ENV] = "KILL"  # a killed runner leaves no cell behind
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         elif self.gpus:
@@ -157,7 +160,7 @@ class LocalRunner:
         try:
             cmd = [sys.executable, "-m", "ablations.worker", str(Path(job.cell_dir) / "job.json")]
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env)
+                                    env=env, start_new_session=True)  # signals come through us
         finally:
             log.close()
         return Slot(cell, job, proc, gpus)
@@ -180,12 +183,12 @@ class LocalRunner:
             session.writer = GridStore(session.server.start(), self.spec)
         return session
 
-    def end(self, session: GridSession) -> GridOutcome:
+    def end(self, session: GridSession, interrupted: bool = False) -> GridOutcome:
         """Stop the loopback server; count the cells from MLflow and close the parent run."""
         session.stop_server()
         final = counts(cell_statuses(self.spec, session.store, with_steps=False))
-        return GridOutcome(session.parent, final, session.store.close_parent(session.parent, final),
-                           session.results)
+        status = session.store.close_parent(session.parent, final, interrupted)
+        return GridOutcome(session.parent, final, status, session.results)
 
     def run(self) -> GridOutcome:
         g = self.begin(shared_writers=self.jobs > 1)
@@ -205,17 +208,21 @@ class LocalRunner:
                     running[cell.cell_id] = self.launch(cell, job, gpus)
                     display.started(cell)
                 for cid, slot in list(running.items()):
-                    rc = slot.proc.poll()
-                    if rc is None:
+                    if slot.proc.poll() is None:
                         continue
                     del running[cid]
                     free_gpus.extend(slot.gpus)
-                    results[cid] = self._finish_cell(slot, rc, g.writer)
-                    result = _read_json(Path(slot.job.cell_dir) / "result.json")
-                    display.ended(slot.cell, results[cid], result)
+                    self._record_end(slot, g, display)
                 display.update({cid: _read_json(Path(s.job.cell_dir) / "progress.json")
                                 for cid, s in running.items()})
                 time.sleep(POLL_S)
+        except KeyboardInterrupt as exc:  # SIGTERM / SIGINT / a user signal (ablations.commands)
+            self._stop_workers(running, getattr(exc, "signum", signal.SIGINT))
+            for slot in running.values():
+                self._record_end(slot, g, display)
+            display.close()
+            self.end(g, interrupted=True)
+            raise
         except BaseException:
             self._stop_workers(running)
             display.close()
@@ -224,12 +231,18 @@ class LocalRunner:
         display.close()
         return self.end(g)
 
+    def _record_end(self, slot: Slot, g: GridSession, display: GridProgress) -> None:
+        """A worker has exited: its cell's status (recorded in MLflow when it could not) shown."""
+        g.results[slot.cell.cell_id] = self._finish_cell(slot, slot.proc.returncode, g.writer)
+        result = _read_json(Path(slot.job.cell_dir) / "result.json")
+        display.ended(slot.cell, g.results[slot.cell.cell_id], result)
+
     def _finish_cell(self, slot: Slot, rc: int, store: GridStore) -> str:
         result = _read_json(Path(slot.job.cell_dir) / "result.json")
         if rc == EXIT_BUSY:
             return "busy"
         status = result.get("status") if result else None
-        if status in DONE:
+        if status in (*DONE, "interrupted"):
             return status
         if status != "failed":  # killed, segfault, out of memory: the worker could not say
             tail = log_tail(Path(slot.job.cell_dir) / "worker.log")
@@ -237,16 +250,29 @@ class LocalRunner:
         return "failed"
 
     @staticmethod
-    def _stop_workers(running: dict[str, Slot], grace_s: float = 30.0) -> None:
+    def _stop_workers(running: dict[str, Slot], signum: int = signal.SIGTERM,
+                      grace_s: float = STOP_GRACE_S) -> None:
+        """Pass `signum` on to every worker (each checkpoints after its current step) and wait up
+        to `grace_s` for them; a further signal meanwhile is passed on too (a second SIGINT makes
+        them give up the checkpoint being written) and cuts the wait to 10 s; then kill the rest."""
+        _signal_workers(running, signum)
+        deadline = time.monotonic() + grace_s
+        while any(s.proc.poll() is None for s in running.values()) and time.monotonic() < deadline:
+            try:
+                time.sleep(0.1)
+            except KeyboardInterrupt as again:
+                _signal_workers(running, getattr(again, "signum", signal.SIGINT))
+                deadline = min(deadline, time.monotonic() + 10.0)
         for slot in running.values():
             if slot.proc.poll() is None:
-                slot.proc.terminate()
-        deadline = time.monotonic() + grace_s
-        for slot in running.values():
-            try:
-                slot.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
                 slot.proc.kill()
+                slot.proc.wait()
+
+
+def _signal_workers(running: dict[str, Slot], signum: int) -> None:
+    for slot in running.values():
+        if slot.proc.poll() is None:
+            slot.proc.send_signal(signum)
 
 
 def _visible_gpus() -> list[str]:

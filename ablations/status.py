@@ -9,17 +9,17 @@ from ablations.spec import Cell, GridSpec
 from stability import metric_names as M
 from stability.tracking_io import _retry
 
-STATUS_ORDER = ("finished", "diverged", "running", "failed", "pending")
+STATUS_ORDER = ("finished", "diverged", "running", "interrupted", "failed", "pending")
 
 
 @dataclass
 class CellStatus:
     cell: Cell
-    status: str  # finished | diverged | running | failed | pending (no run yet)
+    status: str  # finished | diverged | running | interrupted | failed | pending (no run yet)
     run_id: str | None = None
     eval_loss: float | None = None
     train_loss: float | None = None
-    step: int | None = None  # last train/loss step (running and failed cells)
+    step: int | None = None  # last train/loss step (running, interrupted and failed cells)
     diverged_at_step: int | None = None
 
 
@@ -36,11 +36,18 @@ def cell_statuses(spec: GridSpec, store: GridStore, with_steps: bool = True) -> 
                         run.metrics.get(M.EVAL_LOSS), run.metrics.get(M.TRAIN_LOSS))
         if run.tags.get("diverged_at_step"):
             st.diverged_at_step = int(float(run.tags["diverged_at_step"]))
-        if with_steps and st.status in ("running", "failed"):
-            history = _retry(store.client.get_metric_history, run.run_id, M.TRAIN_LOSS)
-            st.step = max((m.step for m in history), default=None)
+        if with_steps and st.status in ("running", "interrupted", "failed"):
+            st.step = _last_step(store, run)
         out.append(st)
     return out
+
+
+def _last_step(store: GridStore, run: CellRun) -> int | None:
+    """The last step with a train/loss point: an interrupted run's tag says it (steps done)."""
+    if run.status == "interrupted" and run.tags.get("interrupted_at_step"):
+        return int(float(run.tags["interrupted_at_step"])) - 1
+    history = _retry(store.client.get_metric_history, run.run_id, M.TRAIN_LOSS)
+    return max((m.step for m in history), default=None)
 
 
 def counts(statuses: list[CellStatus]) -> dict[str, int]:
@@ -58,6 +65,8 @@ def _cell_text(s: CellStatus) -> str:
         return f"DIV@{s.diverged_at_step}" if s.diverged_at_step is not None else "DIV"
     if s.status == "running":
         return f"run {0 if s.step is None else s.step + 1}/{steps}"
+    if s.status == "interrupted":
+        return f"stopped {0 if s.step is None else s.step + 1}/{steps}"
     if s.status == "failed":
         return "FAILED" if s.step is None else f"FAILED@{s.step}"
     return "-"
@@ -84,4 +93,5 @@ def format_matrix(spec: GridSpec, statuses: list[CellStatus]) -> str:
     total = counts(statuses)
     summary = ", ".join(f"{v} {k}" for k, v in total.items() if v)
     return "\n".join([f"grid {spec.name}: {len(statuses)} cells ({summary}); * = baseline, "
-                      "ok = finished (final eval loss)", line(header), *[line(r) for r in rows]])
+                      "ok = finished (final eval loss), stopped = interrupted (a rerun resumes it)",
+                      line(header), *[line(r) for r in rows]])

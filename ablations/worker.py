@@ -10,6 +10,11 @@ The cell folder (`runs/<grid>/<cell id>/`) holds `job.json` (what to run, writte
 `config.toml` (the resolved config), the checkpoints, `progress.json` (rewritten at every read-out:
 the runner's display reads it), `result.json` (written last) and `traceback.txt` when it crashed.
 A lock file keeps two processes from running the same cell at once.
+
+Stops: SIGTERM, SIGINT and the user signals (stability.stop) end the cell after its current step
+with a checkpoint; its run is marked `interrupted` (MLflow KILLED), the worker exits 128 + the
+signal and a rerun of the grid resumes the cell. A multi-rank cell passes the signal on to
+torchrun, which passes it on to the ranks; they stop together at a read-out.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from typing import Any
 
 EXIT_BUSY = 75  # another process holds the cell's lock
 LOCK_WAIT_S = 30.0
+# The signal a worker gets when the process that started it dies (default KILL: a killed runner
+# leaves no cells behind); a Slurm task asks for TERM, so that its cell still checkpoints.
+PARENT_DEATH_ENV = "STABILITY_PARENT_DEATH_SIGNAL"
 
 
 @dataclass
@@ -60,13 +68,33 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def die_with_parent() -> None:
-    """Linux: get SIGKILL when the runner that started us dies (no orphaned cells)."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux: get `sig` when the process that started us dies (no orphaned cells)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
+
+
+def parent_death_signal() -> signal.Signals:
+    """The signal `$STABILITY_PARENT_DEATH_SIGNAL` names (TERM, KILL, ...), else SIGKILL."""
+    name = os.environ.get(PARENT_DEATH_ENV, "KILL").upper()
+    return getattr(signal.Signals, name if name.startswith("SIG") else f"SIG{name}", signal.SIGKILL)
+
+
+def wait_forwarding(proc: subprocess.Popen, forward: int | None = None) -> int:
+    """Wait for `proc`; a stop signal that arrives meanwhile (raised here as `Stopped`) is passed on
+    to it, as itself or as `forward`. Polls rather than blocks: a signal handler that waits for the
+    same child (submitit's, in `ablations.slurm`) must not find `Popen`'s wait lock taken."""
+    while True:
+        try:
+            while proc.poll() is None:
+                time.sleep(0.2)
+            return proc.returncode
+        except KeyboardInterrupt as exc:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(forward or getattr(exc, "signum", signal.SIGINT))
 
 
 @contextlib.contextmanager
@@ -101,6 +129,17 @@ def _progress_writer(path: Path, steps: int):
     return write
 
 
+def _record_interrupted(job: CellJob, signum: int) -> None:
+    """A cell stopped before its trainer could say so (building data or the model, or a second
+    Ctrl-C): status `interrupted`, MLflow KILLED; its newest checkpoint, if any, is untouched."""
+    try:
+        from ablations.grid_tracking import mark_interrupted
+
+        mark_interrupted(job.uri, job.run_id, signal.Signals(signum).name)
+    except Exception as exc:  # noqa: BLE001 - the rerun resumes it all the same
+        print(f"could not record the interruption in MLflow: {exc}", file=sys.stderr)
+
+
 def _record_failure(job: CellJob, cell_dir: Path, text: str) -> None:
     (cell_dir / "traceback.txt").write_text(text)
     try:
@@ -126,6 +165,11 @@ def run_job(job_path: str | Path) -> dict[str, Any]:
         (cell_dir / "result.json").unlink(missing_ok=True)
         try:
             result = _train_ranks(job, cell_dir) if job.ranks > 1 else _train(job, cell_dir)
+        except KeyboardInterrupt as exc:  # stopped before (or while leaving) the training loop
+            signum = getattr(exc, "signum", signal.SIGINT)
+            _record_interrupted(job, signum)
+            result = {"status": "interrupted", "cell": job.cell_id, "run_id": job.run_id,
+                      "signal": signal.Signals(signum).name}
         except Exception:  # noqa: BLE001 - any crash is this cell's result, not the grid's
             text = traceback.format_exc()
             _record_failure(job, cell_dir, text)
@@ -147,6 +191,7 @@ def _train(job: CellJob, cell_dir: Path) -> dict[str, Any]:
     from stability.checkpoint import list_checkpoints
     from stability.config import load_config
     from stability.dist_checkpoint import list_sharded
+    from stability.stop import stop_signals
     from stability.train import Trainer
 
     threads = _rank_threads(job)
@@ -160,13 +205,13 @@ def _train(job: CellJob, cell_dir: Path) -> dict[str, Any]:
     cfg.train.checkpoint_dir = str(cell_dir)
     cfg.train.threads = threads
     resume = bool(list_checkpoints(cell_dir) or list_sharded(cell_dir))
-    trainer = Trainer(cfg, resume=resume, progress=False)
+    trainer = Trainer(cfg, resume=resume, progress=False, stop_signals=stop_signals())
     if trainer.rank0:
         trainer.on_read_out = _progress_writer(cell_dir / "progress.json", cfg.train.steps)
     res = trainer.run()
     return {"status": res.status, "cell": job.cell_id, "run_id": res.run_id, "steps": res.steps,
             "train_loss": res.final_loss, "eval_loss": res.eval_loss,
-            "diverged_at_step": res.diverged_at_step}
+            "diverged_at_step": res.diverged_at_step, "signal": res.stop_signal}
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -194,16 +239,8 @@ def _train_ranks(job: CellJob, cell_dir: Path) -> dict[str, Any]:
         # torchrun dies with this worker (which dies with the runner), its ranks die with it
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, preexec_fn=die_with_parent)
-        try:
-            rc = proc.wait()
-        except BaseException:  # stopped (SIGTERM / Ctrl-C): torchrun passes it on to the ranks
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-    if rc == 0 and rank_result.exists():
+    rc = wait_forwarding(proc)  # a stop: torchrun passes it on, the ranks checkpoint and stop
+    if rank_result.exists():  # finished, diverged, or interrupted (torchrun then exits non-zero)
         return json.loads(rank_result.read_text())
     texts = [p.read_text() for p in sorted(cell_dir.glob("traceback.rank*.txt"))]
     text = "\n".join(texts) or f"torchrun exited with code {rc}\n\n{log_tail(log_path)}"
@@ -235,26 +272,32 @@ def _rank_main(job_path: str) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m ablations.worker CELL_DIR/job.json", file=sys.stderr)
         return 2
-    die_with_parent()
-    signal.signal(signal.SIGTERM, _interrupt)  # the runner stopping: end the run cleanly
+    die_with_parent(parent_death_signal())
     from stability.distributed import launched_by_torchrun
+    from stability.stop import raise_stopped, stop_signals
 
+    for sig in stop_signals():  # until the trainer takes over: stop at once, nothing to save yet
+        signal.signal(sig, raise_stopped)
     if launched_by_torchrun():
         return _rank_main(args[0])
     result = run_job(args[0])
-    if result["status"] == "busy":
+    return exit_status(result)
+
+
+def exit_status(result: dict[str, Any]) -> int:
+    """0 for a result, 128 + the signal for an interrupted cell, EXIT_BUSY, else 1."""
+    status = result["status"]
+    if status == "busy":
         print(f"cell {result['cell']} is being run by another process", file=sys.stderr)
         return EXIT_BUSY
-    return 0 if result["status"] in ("finished", "diverged") else 1
+    if status == "interrupted":
+        return 128 + signal.Signals[result.get("signal") or "SIGTERM"]
+    return 0 if status in ("finished", "diverged") else 1
 
 
 if __name__ == "__main__":

@@ -35,9 +35,8 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from ablations.runner import absolute_uri
     from reports.load import load_grid
-    from stability.tracking_io import resolve_uri
+    from stability.tracking_io import absolute_uri, resolve_uri
 
     uri = absolute_uri(resolve_uri(args.tracking_uri))
     grid = load_grid(args.source, uri)

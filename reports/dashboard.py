@@ -40,7 +40,7 @@ figure.spike{display:inline-block;margin:8px;padding:6px;border:1px solid #ccc;b
 figure.spike:target{outline:3px solid #d62728}figcaption{font-size:12px;margin-bottom:4px}
 svg.chart{background:#fff;display:block;margin:6px 0}.live{color:#b35900;font-weight:bold}
 """
-STATUS_BG = {"diverged": "#f4a6a0", "failed": "#c8c8c8"}
+STATUS_BG = {"diverged": "#f4a6a0", "failed": "#c8c8c8", "interrupted": "#f7dc9c"}
 SCALE = ((252, 251, 253), (188, 189, 220), (117, 107, 177), (63, 0, 125))  # sequential purples
 CHART_W, GALLERY_W = 1000, 330
 
@@ -91,10 +91,11 @@ def score_color(score: float, vmax: float) -> tuple[str, str]:
 
 
 def status_text(run: pd.Series) -> str:
-    """finished | diverged @ step | failed | running @ step."""
+    """finished | diverged @ step | failed | running @ step | interrupted @ step (a stopped run,
+    checkpointed: a rerun resumes it)."""
     status = str(run[F.STATUS])
     at = run[F.DIVERGED_AT_STEP] if status == "diverged" else run[F.LAST_STEP]
-    if status in ("diverged", "running") and not pd.isna(at):
+    if status in ("diverged", "running", "interrupted") and not pd.isna(at):
         return f"{status} @ {int(at)}"
     return status
 
@@ -233,7 +234,9 @@ def _overview(grid: F.GridData, names: dict[str, str], refresh_s: float | None) 
                        f"{t:.3g}</span>" for t in ticks)
     body.append(f'<p class="legend-row"><b>grad-norm spike score (%):</b> {swatches}'
                 f'<span><i class="swatch" style="background:{STATUS_BG["diverged"]}"></i> diverged</span>'
-                f'<span><i class="swatch" style="background:{STATUS_BG["failed"]}"></i> failed</span></p>')
+                f'<span><i class="swatch" style="background:{STATUS_BG["failed"]}"></i> failed</span>'
+                f'<span><i class="swatch" style="background:{STATUS_BG["interrupted"]}"></i> interrupted'
+                "</span></p>")
     return _page(f"{grid.name}: overview", "".join(body), refresh_s, "")
 
 
