@@ -23,6 +23,7 @@ demo: setup
 	$(VENV)/bin/stability grid run quick
 	$(VENV)/bin/stability report quick
 	$(VENV)/bin/stability dashboard quick
+	@echo "the stability command is in $(VENV)/bin: run 'source $(VENV)/bin/activate' to put it on your PATH (or call $(VENV)/bin/stability)"
 
 test: setup
 	$(PY) -m pytest
