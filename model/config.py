@@ -6,6 +6,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+# Init schemes (drawn by model/init.py), and those that read `init_std` (the others ignore it).
+INIT_SCHEMES = ("normal", "mitchell", "full_megatron", "llama", "llama_depth", "fan_in", "megatron",
+                "megatron_depth")
+USES_INIT_STD = ("normal", "full_megatron", "llama", "llama_depth", "megatron", "megatron_depth")
+
 
 class ConfigError(ValueError):
     """A bad configuration value. The message is one line: `section.key: problem (allowed: ...)`."""
@@ -42,8 +47,7 @@ class ModelConfig:
         "norm_type": ("rms", "layernorm", "layernorm_nonparam"),
         "block": ("pre_norm", "post_norm", "reordered_norm", "peri_norm"),
         "qk_norm": ("none", "full", "per_head"),
-        "init": ("normal", "mitchell", "full_megatron", "llama", "llama_depth", "fan_in",
-                 "megatron", "megatron_depth"),
+        "init": INIT_SCHEMES,
         "attention": ("auto", "xformers", "sdpa", "eager"),
     }
 

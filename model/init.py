@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.config import ConfigError, ModelConfig
+from model.config import USES_INIT_STD, ConfigError, ModelConfig
 from model.rope import RotaryEmbedding
 
 # Fused parameters and the views that split them, in row order.
@@ -103,8 +103,7 @@ SCHEMES: dict[str, Scheme] = {
     "megatron": Scheme(_depth_scaled(OUT_PROJ, False), _INIT_STD, _INIT_STD),
     "megatron_depth": Scheme(_depth_scaled(OUT_PROJ, True), _INIT_STD, _INIT_STD),
 }
-# Schemes that read `init_std` (the others ignore it).
-USES_INIT_STD = ("normal", "full_megatron", "llama", "llama_depth", "megatron", "megatron_depth")
+assert tuple(SCHEMES) == ModelConfig.CHOICES["init"] and set(USES_INIT_STD) <= set(SCHEMES)
 
 
 def init_plan(cfg: ModelConfig) -> dict[str, Draw]:

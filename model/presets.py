@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from model.config import ConfigError, ModelConfig
-from model.init import USES_INIT_STD
+from model.config import USES_INIT_STD, ConfigError, ModelConfig
 
 # Model-level knobs of each recipe (docs/reference.md section 1).
 RECIPE_KNOBS: dict[str, dict] = {
