@@ -58,7 +58,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def _status(spec, uri: str | None) -> int:
     from ablations.grid_tracking import GridStore
     from ablations.status import cell_statuses, format_matrix
-    from stability.tracking_io import absolute_uri, resolve_uri
+    from stability.store import absolute_uri, resolve_uri
 
     store = GridStore(absolute_uri(resolve_uri(uri)), spec)
     print(format_matrix(spec, cell_statuses(spec, store)))
@@ -98,6 +98,15 @@ def _run(spec, args: argparse.Namespace) -> int:
     c = outcome.counts
     print(f"grid {spec.name}: {outcome.status} ({', '.join(f'{v} {k}' for k, v in c.items() if v)})")
     print(f"MLflow: {uri}  experiment '{spec.name}', parent run {outcome.parent_run_id}")
+    print(f"look:   {_ui_hint(uri, spec.name)}")
     print(f"next:   stability grid status {args.spec}   (the matrix)")
     return 0 if outcome.status == "finished" else 1
 
+
+def _ui_hint(uri: str, experiment: str) -> str:
+    """The MLflow UI page of the grid's experiment, on its runs view."""
+    from stability import store
+
+    client = store.client(uri)
+    exp = store.retry(client.get_experiment_by_name, experiment)
+    return store.ui_hint(uri, exp.experiment_id if exp else "0")

@@ -1,4 +1,5 @@
-"""A grid in MLflow (DESIGN.md section 3): one experiment, a parent run, one child run per cell.
+"""A grid in MLflow: one experiment, a parent run, one child run per cell (tag names and
+statuses: `stability.store`).
 
 The parent run carries tags `stability.role = grid`, `grid`, `baseline`, `n_cells` and the spec as
 artifacts (`grid.toml`: the file as written, `grid_cells.json`: every cell resolved). A cell's
@@ -10,18 +11,17 @@ everything `grid status` prints comes from these tags alone.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ablations.spec import Cell, GridSpec
-from stability.tracking import experiment_id_for
-from stability.tracking_io import MLFLOW_STATUS, _quiet_mlflow_logs, _retry
+from stability import store
+from stability.store import GRID_ROLE, Tag, retry
 
-ROLE_TAG = "stability.role"
-PARENT_ROLE = "grid"
-DONE = ("finished", "diverged")  # a result: never rerun
-NOT_DONE = ("running", "interrupted", "pending")  # resumed by a rerun (failed cells are retried)
+DONE = store.RESULTS  # a result: never rerun
+NOT_DONE = (store.RUNNING, store.INTERRUPTED, "pending")  # resumed by a rerun (failed: retried)
 
 
 @dataclass
@@ -35,27 +35,20 @@ class CellRun:
     metrics: dict[str, float]
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    _quiet_mlflow_logs()
-    return MlflowClient(tracking_uri=uri)
-
-
 class GridStore:
     """The grid's experiment in the store at `uri`."""
 
     def __init__(self, uri: str, spec: GridSpec) -> None:
         self.uri = uri
         self.spec = spec
-        self.client = _client(uri)
-        self.experiment_id = experiment_id_for(self.client, spec.name, uri)
+        self.client = store.client(uri)
+        self.experiment_id = store.experiment_id(self.client, spec.name, uri)
 
     # ------------------------------------------------------------------ reading
     def _search(self, filter_string: str = "") -> list[Any]:
         runs, token = [], None
         while True:
-            page = _retry(self.client.search_runs, [self.experiment_id], filter_string=filter_string,
+            page = retry(self.client.search_runs, [self.experiment_id], filter_string=filter_string,
                           max_results=1000, page_token=token)
             runs.extend(page)
             token = page.token
@@ -64,7 +57,7 @@ class GridStore:
 
     def parent_run_id(self) -> str | None:
         """The newest parent run of this grid, if any."""
-        parents = self._search(f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'")
+        parents = self._search(f"tags.`{Tag.ROLE}` = '{GRID_ROLE}'")
         parents.sort(key=lambda r: r.info.start_time or 0, reverse=True)
         return parents[0].info.run_id if parents else None
 
@@ -74,11 +67,11 @@ class GridStore:
         found: dict[str, CellRun] = {}
         for r in self._search():
             tags = r.data.tags
-            cell = tags.get("cell")
-            if not cell or tags.get(ROLE_TAG) == PARENT_ROLE:
+            cell = tags.get(Tag.CELL)
+            if not cell or tags.get(Tag.ROLE) == GRID_ROLE:
                 continue
-            run = CellRun(r.info.run_id, tags.get("status", _mlflow_status(r.info.status)),
-                          tags.get("mlflow.parentRunId"), dict(tags), dict(r.data.metrics))
+            run = CellRun(r.info.run_id, store.status_of(tags, r.info.status),
+                          tags.get(Tag.PARENT_RUN_ID), dict(tags), dict(r.data.metrics))
             old = found.get(cell)
             if old is None or (run.status in DONE and old.status not in DONE):
                 found[cell] = run
@@ -88,67 +81,105 @@ class GridStore:
     def open_parent(self) -> str:
         """Reuse this grid's parent run (a rerun) or create it; log the spec; mark it running."""
         run_id = self.parent_run_id()
-        tags = {ROLE_TAG: PARENT_ROLE, "grid": self.spec.name, "baseline": self.spec.baseline,
-                "status": "running", "n_cells": str(len(self.spec.cells()))}
+        tags = {Tag.ROLE: GRID_ROLE, Tag.GRID: self.spec.name, Tag.BASELINE: self.spec.baseline,
+                Tag.STATUS: store.RUNNING, Tag.N_CELLS: str(len(self.spec.cells()))}
         if run_id is None:
-            run = _retry(self.client.create_run, self.experiment_id, run_name=self.spec.name, tags=tags)
+            run = retry(self.client.create_run, self.experiment_id, run_name=self.spec.name, tags=tags)
             run_id = run.info.run_id
+            self._log_spec_params(run_id)
         else:
             for k, v in tags.items():
-                _retry(self.client.set_tag, run_id, k, v)
+                retry(self.client.set_tag, run_id, k, v)
         if self.spec.path and Path(self.spec.path).is_file():
-            _retry(self.client.log_text, run_id, Path(self.spec.path).read_text(), "grid.toml")
+            retry(self.client.log_text, run_id, Path(self.spec.path).read_text(), "grid.toml")
         cells = [{"cell": c.cell_id, "arm": c.arm, "seed": c.seed, "lr": c.lr, "run_name": c.run_name}
                  for c in self.spec.cells()]
-        _retry(self.client.log_text, run_id, json.dumps({"spec": _jsonable(self.spec.to_dict()),
+        retry(self.client.log_text, run_id, json.dumps({"spec": _jsonable(self.spec.to_dict()),
                                                          "cells": cells}, indent=1), "grid_cells.json")
         return run_id
+
+    def _log_spec_params(self, run_id: str) -> None:
+        """The spec as params (`preset`, `baseline`, `seeds`, `lrs`, `budget.*`, `base.*`,
+        `arms.<arm>.*`), so MLflow's runs table shows the study on its parent row."""
+        from mlflow.entities import Param
+
+        params = {k: store.param_value(v) for k, v in _flat(_spec_facts(self.spec)).items()}
+        items = [Param(k, v) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):  # MLflow's limit per request
+            retry(self.client.log_batch, run_id, params=items[i:i + 100])
+
+    def log_grid_figures(self, run_id: str) -> None:
+        """The study at a glance on the parent run: cells per status and, per arm (and LR), the
+        mean final eval loss of the seeds that finished."""
+        from mlflow.entities import Metric
+
+        runs = self.cell_runs()
+        ours = {c.cell_id: c for c in self.spec.cells()}
+        statuses = [r.status for cid, r in runs.items() if cid in ours]
+        values = {f"cells/{s}": float(statuses.count(s)) for s in store.STATUSES}
+        values["cells/pending"] = float(len(ours) - len(statuses))
+        multi_lr = len({c.lr for c in ours.values()}) > 1
+        losses: dict[str, list[float]] = {}
+        for cid, r in runs.items():
+            if cid in ours and r.status == store.FINISHED and "eval/loss" in r.metrics:
+                cell = ours[cid]
+                key = f"arm/{cell.arm}" + (f"/lr_{cell.lr:g}" if multi_lr else "") + "/final_eval_loss"
+                losses.setdefault(key, []).append(r.metrics["eval/loss"])
+        values.update({k: sum(v) / len(v) for k, v in losses.items()})
+        now = int(time.time() * 1000)
+        retry(self.client.log_batch, run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
 
     def create_cell_run(self, cell: Cell, parent_run_id: str) -> str:
         """The child run a cell's trainer attaches to (created before the worker starts, so a
         worker killed before its first checkpoint is resumed into the same run)."""
-        tags = {"mlflow.parentRunId": parent_run_id, "arm": cell.arm, "seed": str(cell.seed),
-                "lr": repr(float(cell.lr)), "cell": cell.cell_id, "status": "running"}
-        run = _retry(self.client.create_run, self.experiment_id, run_name=cell.run_name, tags=tags)
+        tags = {Tag.PARENT_RUN_ID: parent_run_id, Tag.ARM: cell.arm, Tag.SEED: str(cell.seed),
+                Tag.LR: repr(float(cell.lr)), Tag.CELL: cell.cell_id, Tag.STATUS: store.RUNNING}
+        run = retry(self.client.create_run, self.experiment_id, run_name=cell.run_name, tags=tags)
         return run.info.run_id
 
     def mark_failed(self, run_id: str, traceback_text: str) -> None:
         """Record a crashed cell: status tag, MLflow status FAILED, the traceback as an artifact."""
-        _retry(self.client.log_text, run_id, traceback_text, "traceback.txt")
-        _retry(self.client.set_tag, run_id, "status", "failed")
-        _retry(self.client.set_terminated, run_id, "FAILED")
+        store.mark_failed(self.client, run_id, traceback_text)
 
     def close_parent(self, run_id: str, counts: dict[str, int], interrupted: bool = False) -> str:
         """Tag the parent with the cell counts and end it: finished when every cell is a result,
         interrupted when the runner or a cell was stopped (and none failed), else failed."""
         status = parent_status(counts, interrupted)
-        for k, v in counts.items():
-            _retry(self.client.set_tag, run_id, f"cells_{k}", str(v))
-        _retry(self.client.set_tag, run_id, "status", status)
-        _retry(self.client.set_terminated, run_id, MLFLOW_STATUS[status])
+        self.log_grid_figures(run_id)
+        store.end_run(self.client, run_id, status, {f"cells_{k}": v for k, v in counts.items()})
         return status
 
 
 def parent_status(counts: dict[str, int], interrupted: bool = False) -> str:
     """finished | interrupted | failed, from the cell counts (see `GridStore.close_parent`)."""
-    if counts.get("failed", 0):
-        return "failed"
+    if counts.get(store.FAILED, 0):
+        return store.FAILED
     if not any(counts.get(k, 0) for k in NOT_DONE):
-        return "finished"
-    return "interrupted" if interrupted or counts.get("interrupted", 0) else "failed"
+        return store.FINISHED
+    return store.INTERRUPTED if interrupted or counts.get(store.INTERRUPTED, 0) else store.FAILED
 
 
 def mark_interrupted(uri: str, run_id: str, signal_name: str) -> None:
     """Record a cell stopped outside its training loop: status `interrupted`, MLflow KILLED."""
-    client = _client(uri)
-    _retry(client.set_tag, run_id, "status", "interrupted", attempts=3)
-    _retry(client.set_tag, run_id, "stop_signal", signal_name, attempts=3)
-    _retry(client.set_terminated, run_id, MLFLOW_STATUS["interrupted"], attempts=3)
+    store.end_run(store.client(uri), run_id, store.INTERRUPTED, {Tag.STOP_SIGNAL: signal_name},
+                  attempts=3)
 
 
-def _mlflow_status(status: str) -> str:
-    """A run without a `status` tag: its MLflow status as ours (KILLED: stopped from outside)."""
-    return {"FINISHED": "finished", "FAILED": "failed", "KILLED": "interrupted"}.get(status, "running")
+def _spec_facts(spec: GridSpec) -> dict[str, Any]:
+    """What defines the study: everything of the spec but its file path and description."""
+    facts = {k: v for k, v in spec.to_dict().items() if k not in ("path", "description", "name")}
+    facts["arms"] = {arm: overrides or "no overrides" for arm, overrides in facts["arms"].items()}
+    return facts
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

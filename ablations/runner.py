@@ -40,7 +40,7 @@ from ablations.status import cell_statuses, counts
 from ablations.worker import EXIT_BUSY, PARENT_DEATH_ENV, CellJob, child_env, log_tail
 from model.config import ConfigError
 from stability.config import to_toml
-from stability.tracking_io import absolute_uri, resolve_uri
+from stability.store import absolute_uri, resolve_uri
 
 if TYPE_CHECKING:
     from stability.tracking_server import LoopbackServer
@@ -143,7 +143,7 @@ class LocalRunner:
         else:
             store.client.set_tag(run_id, "status", "running")
         job = CellJob(cell.cell_id, cell.arm, cell.seed, cell.lr, run_id, parent_run_id, worker_uri,
-                      self.threads, str(d), ranks=self.spec.ranks)
+                      self.threads, str(d), ranks=self.spec.ranks, store_uri=self.uri)
         job.write(d / "job.json")
         for stale in ("progress.json", "result.json"):  # an earlier attempt's
             (d / stale).unlink(missing_ok=True)

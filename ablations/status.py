@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ablations.grid_tracking import CellRun, GridStore
 from ablations.spec import Cell, GridSpec
 from stability import metric_names as M
-from stability.tracking_io import _retry
+from stability.store import retry
 
 STATUS_ORDER = ("finished", "diverged", "running", "interrupted", "failed", "pending")
 
@@ -46,7 +46,7 @@ def _last_step(store: GridStore, run: CellRun) -> int | None:
     """The last step with a train/loss point: an interrupted run's tag says it (steps done)."""
     if run.status == "interrupted" and run.tags.get("interrupted_at_step"):
         return int(float(run.tags["interrupted_at_step"])) - 1
-    history = _retry(store.client.get_metric_history, run.run_id, M.TRAIN_LOSS)
+    history = retry(store.client.get_metric_history, run.run_id, M.TRAIN_LOSS)
     return max((m.step for m in history), default=None)
 
 

@@ -49,10 +49,11 @@ class CellJob:
     lr: float
     run_id: str
     parent_run_id: str
-    uri: str
+    uri: str  # where the worker writes (the runner's loopback server, or the store itself)
     threads: int = 0  # CPU threads of the cell, all its ranks together
     cell_dir: str = ""
     ranks: int = 1  # data-parallel processes
+    store_uri: str = ""  # the store the user named ("" = `uri`): what the run records
 
     def write(self, path: Path) -> None:
         _write_json(path, asdict(self))
@@ -143,13 +144,9 @@ def _record_interrupted(job: CellJob, signum: int) -> None:
 def _record_failure(job: CellJob, cell_dir: Path, text: str) -> None:
     (cell_dir / "traceback.txt").write_text(text)
     try:
-        from ablations.grid_tracking import _client
-        from stability.tracking_io import _retry
+        from stability import store
 
-        client = _client(job.uri)
-        _retry(client.log_text, job.run_id, text, "traceback.txt", attempts=3)
-        _retry(client.set_tag, job.run_id, "status", "failed", attempts=3)
-        _retry(client.set_terminated, job.run_id, "FAILED", attempts=3)
+        store.mark_failed(store.client(job.uri), job.run_id, text, attempts=3)
     except Exception as exc:  # noqa: BLE001 - the runner records it from the file instead
         print(f"could not record the failure in MLflow: {exc}", file=sys.stderr)
 
@@ -198,7 +195,8 @@ def _train(job: CellJob, cell_dir: Path) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     cfg = load_config(None, str(cell_dir / "config.toml"))
-    cfg.tracking.uri = job.uri
+    cfg.tracking.uri = job.store_uri or job.uri
+    cfg.tracking.via = job.uri if job.store_uri and job.store_uri != job.uri else ""
     cfg.tracking.run_id = job.run_id
     cfg.tracking.parent_run_id = job.parent_run_id
     cfg.tracking.arm = job.arm

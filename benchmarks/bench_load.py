@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stability import metric_names as M  # noqa: E402
 from stability.dense import DenseWriter  # noqa: E402
 from stability.spikes import SpikeEvent, events_to_frame  # noqa: E402
-from stability.tracking import artifact_root_for  # noqa: E402
+from stability.store import artifact_root_for, quiet_mlflow_logs  # noqa: E402
 
 GRID = "bench-grid"
 STEP_KEYS = (*M.STEP_SERIES, M.LOGITS_LOG_Z_MEAN, M.LOGITS_LOG_Z_MAX, M.GRAD_NORM_EMBED,
@@ -78,9 +78,8 @@ def build_store(root: Path, n_runs: int, steps: int, layers: int, heads: int = 4
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from stability.tracking_io import _quiet_mlflow_logs
 
-    _quiet_mlflow_logs()
+    quiet_mlflow_logs()
 
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)

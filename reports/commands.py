@@ -36,7 +36,7 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace):
     from reports.load import load_grid
-    from stability.tracking_io import absolute_uri, resolve_uri
+    from stability.store import absolute_uri, resolve_uri
 
     uri = absolute_uri(resolve_uri(args.tracking_uri))
     grid = load_grid(args.source, uri)

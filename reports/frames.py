@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from stability import store
 from stability.spikes import EVENT_COLUMNS
 
 # runs: identity and tags
@@ -86,7 +87,7 @@ SERIES_COLUMNS = (RUN_ID, "step", "metric", "value")
 DENSE_COLUMNS = (RUN_ID, "step", "key", "layer", "head", "value")
 SPIKE_COLUMNS = (RUN_ID, *EVENT_COLUMNS)
 
-STATUSES = ("running", "finished", "diverged", "failed")
+STATUSES = store.STATUSES  # running | finished | diverged | failed | interrupted
 
 
 def empty_runs() -> pd.DataFrame:

@@ -31,12 +31,8 @@ from reports import frames as F
 from reports.load_artifacts import concat_frames, empty_dense, empty_spikes, read_artifacts
 from reports.load_metrics import Points, api_points, dedupe, is_sql_uri, series_frame, sql_points, sqlite_path
 from stability import metric_names as M
-from stability.tracking_io import _quiet_mlflow_logs, resolve_uri
-
-PARENT_ROLE_TAG = "stability.role"  # = "grid" on a grid's parent run
-PARENT_TAG = "mlflow.parentRunId"
-_MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "RUNNING": "running",
-                  "KILLED": "failed", "SCHEDULED": "running"}
+from stability import store
+from stability.store import GRID_ROLE, Tag
 
 # Metric keys the run summaries need, whatever `series=` selects.
 _SUMMARY_KEYS = (M.TRAIN_LOSS, M.EVAL_LOSS, M.GRAD_NORM, M.LOGITS_LOG_Z_MEAN, M.SPIKE_SCORE_LOSS,
@@ -59,14 +55,11 @@ def load_grid(experiment_or_spec: str, tracking_uri: str | None = None, *,
     Raises `FileNotFoundError` for a sqlite file that does not exist and `LookupError` for an
     unknown experiment or parent run.
     """
-    _quiet_mlflow_logs()
-    from mlflow.tracking import MlflowClient
-
-    uri = resolve_uri(tracking_uri or "")
+    uri = store.resolve_uri(tracking_uri or "")
     db_path = sqlite_path(uri)
     if db_path is not None and not db_path.is_file():
         raise FileNotFoundError(f"no MLflow database at {db_path} (tracking URI {uri})")
-    client = MlflowClient(tracking_uri=uri)
+    client = store.client(uri)
     exp = _find_experiment(client, experiment_or_spec)
     all_runs = _search_runs(client, exp.experiment_id)
     parent, runs = _select_runs(all_runs, parent_run_id)
@@ -88,7 +81,7 @@ def load_grid(experiment_or_spec: str, tracking_uri: str | None = None, *,
     return F.GridData(
         name=exp.name, runs=runs_frame, series=series_frame(points, prefixes), dense=dense_frame,
         spikes=spikes_frame, params=params,
-        baseline=(parent.data.tags.get("baseline") or None) if parent is not None else None,
+        baseline=(parent.data.tags.get(Tag.BASELINE) or None) if parent is not None else None,
         parent_run_id=parent.info.run_id if parent is not None else None)
 
 
@@ -119,14 +112,21 @@ def _find_experiment(client, experiment_or_spec: str):
 
 
 def _spec_name(text: str) -> str | None:
-    """The grid name of a spec file or bundled grid, None when `text` is neither."""
-    from ablations.spec import load_spec
-    from stability.config import ConfigError
+    """The grid (= experiment) name a spec file declares, None when `text` is not a readable one.
 
-    try:
-        return load_spec(text).name
-    except (ConfigError, OSError):
+    A bundled grid's name is already its experiment's: only files need reading, and reading
+    their `name` key needs nothing of the grid runner.
+    """
+    import tomllib
+
+    path = Path(text)
+    if not path.is_file():
         return None
+    try:
+        name = tomllib.loads(path.read_text(encoding="utf-8")).get("name")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _search_runs(client, experiment_id: str) -> list:
@@ -145,13 +145,13 @@ def _search_runs(client, experiment_id: str) -> list:
 
 def _is_parent(run, referenced: set[str]) -> bool:
     tags = run.data.tags
-    return (tags.get(PARENT_ROLE_TAG) == "grid" or tags.get("grid") == "parent"
-            or ("arm" not in tags and run.info.run_id in referenced))
+    return (tags.get(Tag.ROLE) == GRID_ROLE or tags.get(Tag.GRID) == "parent"
+            or (Tag.ARM not in tags and run.info.run_id in referenced))
 
 
 def _select_runs(all_runs: list, parent_run_id: str | None) -> tuple[Any, list]:
     """(the grid parent or None, the runs that make the grid), runs by start time."""
-    referenced = {r.data.tags[PARENT_TAG] for r in all_runs if PARENT_TAG in r.data.tags}
+    referenced = {r.data.tags[Tag.PARENT_RUN_ID] for r in all_runs if Tag.PARENT_RUN_ID in r.data.tags}
     parents = [r for r in all_runs if _is_parent(r, referenced)]
     if parent_run_id is not None:
         chosen = [r for r in all_runs if r.info.run_id == parent_run_id]
@@ -163,7 +163,7 @@ def _select_runs(all_runs: list, parent_run_id: str | None) -> tuple[Any, list]:
     else:
         return None, list(all_runs)
     pid = parent.info.run_id
-    return parent, [r for r in all_runs if r.data.tags.get(PARENT_TAG) == pid]
+    return parent, [r for r in all_runs if r.data.tags.get(Tag.PARENT_RUN_ID) == pid]
 
 
 def _parse_value(text: Any) -> Any:
@@ -258,13 +258,13 @@ def _runs_frame(runs: list, points: Points, dense: pd.DataFrame, n_spikes: dict[
     records = []
     for r in runs:
         rid, tags, p = r.info.run_id, r.data.tags, r.data.params
-        status = tags.get("status") or _MLFLOW_STATUS.get(r.info.status, "running")
-        diverged = _number(tags.get("diverged_at_step")) if status == "diverged" else np.nan
+        status = store.status_of(tags, r.info.status)
+        diverged = _number(tags.get(Tag.DIVERGED_AT_STEP)) if status == store.DIVERGED else np.nan
         records.append({
-            F.RUN_ID: rid, F.RUN_NAME: r.info.run_name, F.ARM: tags.get("arm") or r.info.run_name,
-            F.SEED: _number(tags.get("seed"), p.get("train.seed")),
-            F.LR: _number(tags.get("lr"), p.get("optim.lr")),
-            F.CELL: tags.get("cell"), F.RECIPE: tags.get("recipe"), F.STATUS: status,
+            F.RUN_ID: rid, F.RUN_NAME: r.info.run_name, F.ARM: tags.get(Tag.ARM) or r.info.run_name,
+            F.SEED: _number(tags.get(Tag.SEED), p.get("train.seed")),
+            F.LR: _number(tags.get(Tag.LR), p.get("optim.lr")),
+            F.CELL: tags.get(Tag.CELL), F.RECIPE: tags.get(Tag.RECIPE), F.STATUS: status,
             F.DIVERGED_AT_STEP: diverged,
             F.LAST_STEP: last_step.get(code_of.get(rid, -1), np.nan),
             F.MAX_ATTN_LOGIT: attn.get(rid, mlflow_attn.get(code_of.get(rid, -1), np.nan)),

@@ -204,7 +204,7 @@ def attach_to_mlflow(grid: F.GridData, out_dir: Path, tracking_uri: str, artifac
     """Upload `out_dir` to the grid's parent run under `artifact_path`; returns the run id."""
     if not grid.parent_run_id:
         return None
-    from mlflow.tracking import MlflowClient
+    from stability import store
 
-    MlflowClient(tracking_uri).log_artifacts(grid.parent_run_id, str(out_dir), artifact_path)
+    store.client(tracking_uri).log_artifacts(grid.parent_run_id, str(out_dir), artifact_path)
     return grid.parent_run_id

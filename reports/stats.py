@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from reports import frames as F
+from stability import store
 
 LOSS_METRICS = (F.FINAL_EVAL_LOSS, F.BEST_EVAL_LOSS, F.FINAL_TRAIN_LOSS)
 DIVERGENCE = F.DIVERGED_AT_STEP
@@ -50,7 +51,7 @@ LOWER, HIGHER, CLOSER_TO_ZERO = F.LOWER, F.HIGHER, "closer_to_zero"
 
 TESTS = ("wilcoxon", "ttest")
 MIN_PAIRS = {"wilcoxon": 6, "ttest": 2}  # see the module docstring
-RESULT_STATUSES = ("finished", "diverged")
+RESULT_STATUSES = store.RESULTS  # runs that ended with a result
 _STATUS_PREFERENCE = {"finished": 0, "diverged": 1, "running": 2, "failed": 3}
 
 COMPARE_COLUMNS = ("arm", "metric", "lr", "direction", "test", "n_pairs", "n_excluded", "n_diverged_arm",

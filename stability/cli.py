@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(cfg, args: argparse.Namespace, signals) -> int:
     import signal
 
-    from stability.tracking import resolve_uri
+    from stability.store import resolve_uri
     from stability.train import Trainer
 
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, stop_signals=signals)
@@ -199,7 +199,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_tracking(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from stability.tracking import replay_spool
+    from stability.tracking_io import replay_spool
 
     if not Path(args.spool).is_file():
         raise ConfigError(f"spool: file '{args.spool}' does not exist")

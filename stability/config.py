@@ -138,7 +138,7 @@ class ProbesConfig:
 
 @dataclass
 class TrackingConfig:
-    """Where runs are logged (DESIGN.md: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite)."""
+    """Where runs are logged (--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
 
     enabled: bool = True
     uri: str = ""
@@ -147,6 +147,8 @@ class TrackingConfig:
     run_id: str = ""  # attach to this existing run when there is no checkpoint (grid cells)
     parent_run_id: str = ""  # nest under this run (a grid's parent run)
     arm: str = ""  # the grid arm this run is (tag `arm`)
+    via: str = ""  # write through this server instead of `uri` (a grid's loopback server in front
+    # of a sqlite `uri`); `uri`, the store the user named, is what the run records
 
     def validate(self, section: str = "tracking") -> None:
         if not self.experiment:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.presets import MODEL_PRESETS, model_preset, recipe_of, unknown_preset
+from model.config import USES_INIT_STD
+from model.presets import MODEL_PRESETS, RECIPE_KNOBS, model_preset, recipe_of, unknown_preset
 from stability.config import RunConfig, apply_table
 
 # Training-side knobs that differ between the two recipes (the model-side ones live in model/).
@@ -79,6 +80,28 @@ def run_preset(name: str) -> RunConfig:
     apply_table(cfg, RECIPE_RUN_KNOBS.get(recipe, {}))
     apply_table(cfg, SIZE_DEFAULTS.get(size, {}))
     return cfg
+
+
+def recipe_deviations(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """(the recipe `cfg` is closest to, {dotted key: value} of the recipe knobs where it differs):
+    what a user filters runs on (`base_recipe`, `deviations` tags). Ties go to `olmo2`. init_std
+    only counts for inits that read it."""
+    best: tuple[str, dict[str, Any]] | None = None
+    for recipe, model_knobs in RECIPE_KNOBS.items():
+        knobs = {f"model.{k}": v for k, v in model_knobs.items()
+                 if k != "init_std" or cfg.model.init in USES_INIT_STD}
+        knobs.update({f"{section}.{k}": v for section, table in RECIPE_RUN_KNOBS[recipe].items()
+                      for k, v in table.items()})
+        found = {}
+        for key, want in knobs.items():
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            if value != want:
+                found[key] = value
+        if best is None or len(found) < len(best[1]):
+            best = (recipe, found)
+    assert best is not None
+    return best
 
 
 def run_recipe_of(cfg: RunConfig) -> str:

@@ -1,11 +1,10 @@
-"""MLflow tracking, the one door to the tracker (DESIGN.md section 3, "MLflow layout").
+"""The `Tracker`: one MLflow run written from a background thread, so the training loop never
+waits on the store.
 
-URI: explicit, else `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the working directory with
-artifacts beside it (`./mlartifacts`). Metrics, params, tags, the final status and dense-artifact
-uploads are queued by the trainer and written by a background thread (metrics in batches of at most
-1000 points), so the training loop never waits on the store.
-
-The spool format and the exactly-once argument: `stability.tracking_io`.
+Metrics, params, tags, the final status and dense-artifact uploads are queued by the trainer and
+written by a writer thread (metrics in batches of at most 1000 points). The store itself (URI
+rule, tags, statuses, client) is `stability.store`'s; the spool that keeps writes through an
+outage, and the exactly-once argument, are `stability.tracking_io`'s.
 """
 
 from __future__ import annotations
@@ -19,70 +18,38 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from stability import store
+from stability.store import MLFLOW_STATUS, Tag, check_reachable, resolve_uri, retry, safe_uri
 from stability.tracking_io import (
-    _SEND_DELAYS,
-    _SPOOL_VERSION,
     DEFAULT_SPOOL_DIR,
     DENSE_ARTIFACT_DIR,
     MAX_BATCH,
     MAX_PARAMS,
     MAX_TAGS,
-    MLFLOW_STATUS,
+    SEND_DELAYS,
     SEND_TIMEOUT_S,
-    TrackingUnavailable,  # noqa: F401 - part of this module's API
-    _check_reachable,
-    _groups,
-    _is_permanent,
-    _quiet_mlflow_logs,
-    _retry,
-    _safe_uri,
-    _Sender,
-    _Spool,
-    replay_spool,  # noqa: F401 - part of this module's API
-    resolve_uri,
+    SPOOL_VERSION,
+    Sender,
+    Spool,
+    is_permanent,
+    spool_groups,
 )
-
-
-def artifact_root_for(uri: str) -> str | None:
-    """For a local sqlite store: `mlartifacts/` beside the database file; else the server's choice."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri[len("sqlite:///"):]).resolve()
-    return (db.parent / "mlartifacts").as_uri()
-
-
-def experiment_id_for(client: Any, name: str, uri: str) -> str:
-    """The id of experiment `name`, created (artifacts beside a sqlite store) when missing; safe
-    when another process creates it at the same moment."""
-    exp = _retry(client.get_experiment_by_name, name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_root_for(uri))
-    except Exception:  # noqa: BLE001 - another process created it first
-        exp = _retry(client.get_experiment_by_name, name)
-        if exp is None:
-            raise
-        return exp.experiment_id
 
 
 def resumable_run_id(uri: str, experiment: str, run_name: str, cell: str) -> str | None:
     """The newest run named `run_name` of the same config (`cell` tag) that is not a result yet
     (killed before its first checkpoint), so that `--resume` without a checkpoint continues it
     instead of opening a second run under one name; None when there is none."""
-    _quiet_mlflow_logs()
-    from mlflow.tracking import MlflowClient
-
     uri = resolve_uri(uri)
-    _check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
-    exp = _retry(client.get_experiment_by_name, experiment)
+    check_reachable(uri)
+    client = store.client(uri)
+    exp = retry(client.get_experiment_by_name, experiment)
     if exp is None:
         return None
-    runs = _retry(client.search_runs, [exp.experiment_id], filter_string=f"tags.cell = '{cell}'",
-                  order_by=["attributes.start_time DESC"], max_results=1000)  # cell: hex digits
+    runs = retry(client.search_runs, [exp.experiment_id], filter_string=f"tags.cell = '{cell}'",
+                 order_by=["attributes.start_time DESC"], max_results=1000)  # cell: hex digits
     for run in runs:
-        if run.info.run_name == run_name and run.data.tags.get("status") not in ("finished", "diverged"):
+        if run.info.run_name == run_name and run.data.tags.get(Tag.STATUS) not in store.RESULTS:
             return run.info.run_id
     return None
 
@@ -109,27 +76,24 @@ class Tracker:
     def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None, *,
                  spool_dir: str | Path = DEFAULT_SPOOL_DIR, finish_timeout: float = 30.0,
                  retry_max_interval: float = 10.0, tags: dict[str, str] | None = None) -> None:
-        _quiet_mlflow_logs()
-        from mlflow.tracking import MlflowClient
-
         self.uri = resolve_uri(uri)
-        _check_reachable(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = self._experiment(experiment)
+        check_reachable(self.uri)
+        self.client = store.client(self.uri)
+        self.experiment_id = store.experiment_id(self.client, experiment, self.uri)
         self.resumed = run_id is not None
         if run_id is None:
-            run = _retry(self.client.create_run, self.experiment_id, run_name=run_name or None,
+            run = retry(self.client.create_run, self.experiment_id, run_name=run_name or None,
                          tags=tags or None)
             run_id = run.info.run_id
         self.run_id: str = run_id
         self.finish_timeout = finish_timeout
         self.retry_max_interval = retry_max_interval
-        self.spool = _Spool(Path(spool_dir).resolve() / f"{self.run_id}.jsonl")
+        self.spool = Spool(Path(spool_dir).resolve() / f"{self.run_id}.jsonl")
         self.logged_through = -1
         if self.resumed:  # points a crashed process spooled count as logged: they will be sent
             self.logged_through = max(self._last_logged_step(), self.spool.max_step("train/loss"))
             self._reopen()
-        self._sender = _Sender(self.client, self.uri)
+        self._sender = Sender(self.client, self.uri)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._error: BaseException | None = None
         self._id_prefix = uuid.uuid4().hex[:8]
@@ -142,16 +106,13 @@ class Tracker:
         self._writer = threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True)
         self._writer.start()
 
-    def _experiment(self, name: str) -> str:
-        return experiment_id_for(self.client, name, self.uri)
-
     def _reopen(self) -> None:
         """A resumed run is RUNNING again (an interrupted one was KILLED, a failed one FAILED)."""
-        if _retry(self.client.get_run, self.run_id).info.status != "RUNNING":
-            _retry(self.client.update_run, self.run_id, "RUNNING")
+        if retry(self.client.get_run, self.run_id).info.status != "RUNNING":
+            retry(self.client.update_run, self.run_id, "RUNNING")
 
     def _last_logged_step(self, key: str = "train/loss") -> int:
-        history = _retry(self.client.get_metric_history, self.run_id, key)
+        history = retry(self.client.get_metric_history, self.run_id, key)
         return max((m.step for m in history), default=-1)
 
     # -- writes from the training thread (non-blocking) ---------------------------------------
@@ -163,7 +124,7 @@ class Tracker:
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Queue params (values cut to MLflow's 6000 characters); sent in requests of <= 100."""
-        items = [(k, str(v)[:6000]) for k, v in params.items()]
+        items = [(k, store.param_value(v)) for k, v in params.items()]
         for i in range(0, len(items), MAX_PARAMS):
             self._queue.put(("params", items[i:i + MAX_PARAMS]))
 
@@ -175,11 +136,11 @@ class Tracker:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write a text artifact now (blocking; meant for the start of a run)."""
-        _retry(self.client.log_text, self.run_id, text, artifact_file)
+        retry(self.client.log_text, self.run_id, text, artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file now (blocking; meant for the start of a run)."""
-        _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+        retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_dense_parts(self, directory: str | Path, artifact_path: str = DENSE_ARTIFACT_DIR) -> int:
         """Queue the upload of part files in `directory` not queued before; return how many.
@@ -199,8 +160,8 @@ class Tracker:
     # -- the writer thread -------------------------------------------------------------------
     def _record(self, kind: str, **fields: Any) -> dict[str, Any]:
         self._seq += 1
-        return {"v": _SPOOL_VERSION, "id": f"{self._id_prefix}-{self._seq}", "run_id": self.run_id,
-                "uri": _safe_uri(self.uri), "kind": kind, **fields}
+        return {"v": SPOOL_VERSION, "id": f"{self._id_prefix}-{self._seq}", "run_id": self.run_id,
+                "uri": safe_uri(self.uri), "kind": kind, **fields}
 
     def _records(self, items: list[tuple]) -> list[dict[str, Any]]:
         """Queue items -> spool records, in order; runs of metric items in chunks of MAX_BATCH."""
@@ -272,14 +233,14 @@ class Tracker:
 
     def _send_bounded(self, rec: dict[str, Any]) -> None:
         """Send one record with the short retry; raise the last error."""
-        for attempt in range(len(_SEND_DELAYS) + 1):
+        for attempt in range(len(SEND_DELAYS) + 1):
             try:
                 self._sender.send([rec])
                 return
             except Exception as exc:  # noqa: BLE001
-                if _is_permanent(exc) or attempt == len(_SEND_DELAYS):
+                if is_permanent(exc) or attempt == len(SEND_DELAYS):
                     raise
-                time.sleep(_SEND_DELAYS[attempt])
+                time.sleep(SEND_DELAYS[attempt])
 
     def _deliver(self, rec: dict[str, Any]) -> None:
         """Send `rec`, or append it to the spool when the store is away (or behind a backlog)."""
@@ -294,7 +255,7 @@ class Tracker:
         try:
             self._send_bounded(rec)
         except Exception as exc:  # noqa: BLE001
-            if _is_permanent(exc):
+            if is_permanent(exc):
                 self._error = exc
                 return
             self.spool.append([rec])
@@ -311,11 +272,11 @@ class Tracker:
             return True
         sent = 0
         try:
-            for group, end in _groups(self.spool.records()):
+            for group, end in spool_groups(self.spool.records()):
                 try:
                     sent += self._sender.send(group, timeout=timeout)
                 except Exception as exc:  # noqa: BLE001
-                    if not _is_permanent(exc):
+                    if not is_permanent(exc):
                         raise
                     print(f"warning: the store rejected spooled record {group[0]['id']} "
                           f"({exc}); dropping it", file=sys.stderr)
@@ -361,7 +322,7 @@ class Tracker:
         timeout = self.finish_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         if self._writer.is_alive():
-            self.set_tags({"status": status, **(tags or {})})
+            self.set_tags({Tag.STATUS: status, **(tags or {})})
             self._queue.put(("terminate", MLFLOW_STATUS.get(status, "KILLED"),
                              int(time.time() * 1000)))
             self._queue.put(("stop", deadline))
@@ -375,16 +336,14 @@ class Tracker:
             err, self._error = self._error, None
             print(f"warning: some tracking writes were rejected: {err}", file=sys.stderr)
         if self.spool.pending:
-            uri = f" --tracking-uri {self.uri}" if _safe_uri(self.uri) else " --tracking-uri URI"
+            uri = f" --tracking-uri {self.uri}" if safe_uri(self.uri) else " --tracking-uri URI"
             print(f"tracking: store unreachable; unsent points kept in {self.spool.path}; send "
                   f"them with: stability tracking replay {self.spool.path}{uri}", file=sys.stderr)
             return self.spool.path
         return None
 
     def url_hint(self) -> str:
-        """Where a person looks at this run."""
-        if self.uri.startswith("sqlite:///"):
-            return f"mlflow ui --backend-store-uri {self.uri}  (run {self.run_id})"
-        return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        """Where a person looks at this run (for a local store: the command that serves it, too)."""
+        return store.ui_hint(self.uri, self.experiment_id, self.run_id)
 
 

@@ -1,5 +1,5 @@
-"""Store I/O below the `Tracker`: the URI rule, bounded retries, reachability, the spool file
-that keeps writes during an outage, the sender and `replay_spool`.
+"""Store I/O below the `Tracker`: the spool file that keeps writes during an outage, the sender
+and `replay_spool` (the URI rule, retries and reachability are `stability.store`'s).
 
 Outages. The run must exist to be written to, so the constructor needs the store: an `http(s)://`
 server that does not answer at start raises `TrackingUnavailable` after a few seconds. Mid-run the
@@ -41,104 +41,29 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+from stability.store import check_reachable, client, is_http, resolve_uri, retry
+
 DEFAULT_SPOOL_DIR = "mlflow_spool"
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch request
 MAX_PARAMS = 100  # MLflow's limit of params per log_batch request
 MAX_TAGS = 100  # MLflow's limit of tags per log_batch request
-STATUSES = ("running", "finished", "diverged", "failed", "interrupted")
-# The `status` tag -> MLflow's run status. `interrupted` (stopped by a signal, checkpointed,
-# resumable) is KILLED: ended from outside, neither completed (FINISHED) nor crashed (FAILED).
-MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED",
-                 "interrupted": "KILLED"}
 SEND_TIMEOUT_S = 10.0  # one HTTP request to the server, connect + read
-START_WAIT_S = 5.0  # how long a run start waits for an HTTP server that does not answer
-_SEND_DELAYS = (0.1, 0.3)  # the short retry before a write is spooled (3 attempts)
-_SPOOL_VERSION = 1
+SEND_DELAYS = (0.1, 0.3)  # the short retry before a write is spooled (3 attempts)
+SPOOL_VERSION = 1
 DENSE_ARTIFACT_DIR = "dense"
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server did not answer when a run had to be created or opened."""
 
 
 class SpoolWriteError(OSError):
     """Records could not be appended to the spool (disk full, ...); what it held is intact."""
 
 
-def resolve_uri(uri: str = "") -> str:
-    """The tracking URI by DESIGN.md's rule."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-
-
-def absolute_uri(uri: str) -> str:
-    """`sqlite:///relative.db` -> `sqlite:////abs/relative.db` (workers may run elsewhere)."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
-
-
-def _quiet_mlflow_logs() -> None:
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("mlflow.utils.rest_utils", "urllib3.connectionpool"):  # the spool reports outages
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _retry(fn, *args, attempts: int = 8, **kwargs):
-    """Call `fn`, retrying transient store errors with exponential backoff."""
-    delay = 0.05
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any store error is retried, the last re-raised
-            if attempt == attempts - 1:
-                raise
-            print(f"warning: tracking write failed ({type(exc).__name__}: {exc}); retrying",
-                  file=sys.stderr)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    return None
-
-
-def _is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def _check_reachable(uri: str, wait_s: float | None = None) -> None:
-    """Raise `TrackingUnavailable` when an HTTP tracking server gives no answer at all in `wait_s`.
-
-    Any HTTP response (even an error page) counts as reachable; only connection failures and
-    timeouts do not. Without this, MLflow's client retries a dead server for minutes.
-    """
-    if not _is_http(uri):
-        return
-    import requests
-
-    wait_s = START_WAIT_S if wait_s is None else wait_s
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=max(0.5, min(3.0, wait_s)))
-            return
-        except requests.RequestException as exc:
-            if time.monotonic() >= deadline:
-                raise TrackingUnavailable(
-                    f"tracking server {uri} is not reachable ({type(exc).__name__}); a run can only "
-                    "start with the server up (start it, or use --tracking-uri sqlite:///mlflow.db)"
-                ) from exc
-            time.sleep(0.5)
-
-
-def _is_permanent(exc: BaseException) -> bool:
+def is_permanent(exc: BaseException) -> bool:
     """A store error that a retry cannot fix (the request itself is bad): 4xx but auth/rate."""
     from mlflow.exceptions import MlflowException
 
@@ -148,13 +73,8 @@ def _is_permanent(exc: BaseException) -> bool:
     return False
 
 
-def _safe_uri(uri: str) -> str | None:
-    """The URI to record in the spool, unless it carries credentials."""
-    return None if "@" in uri else uri
-
-
 # ------------------------------------------------------------------------------------------ spool
-class _Spool:
+class Spool:
     """An append-only JSONL file of records not yet accepted by the store, plus a read offset."""
 
     def __init__(self, path: str | Path) -> None:
@@ -252,7 +172,7 @@ class _Spool:
         return best
 
 
-def _groups(records: Iterator[tuple[dict[str, Any], int]]
+def spool_groups(records: Iterator[tuple[dict[str, Any], int]]
             ) -> Iterator[tuple[list[dict[str, Any]], int]]:
     """Consecutive metric-only records of one run merged into requests of <= MAX_BATCH points."""
     group: list[dict[str, Any]] = []
@@ -275,17 +195,17 @@ def _groups(records: Iterator[tuple[dict[str, Any], int]]
 
 
 # ------------------------------------------------------------------------------------------ sender
-class _Sender:
+class Sender:
     """Sends spool-format records to the store; HTTP requests bounded, without MLflow's retries."""
 
-    def __init__(self, client, uri: str) -> None:
-        self.client = client
+    def __init__(self, mlflow_client: Any, uri: str) -> None:
+        self.client = mlflow_client
         self.uri = uri
         self._creds = None
-        if _is_http(uri):
+        if is_http(uri):
             from mlflow.store.tracking.rest_store import RestStore
 
-            store = getattr(getattr(client, "_tracking_client", None), "store", None)
+            store = getattr(getattr(mlflow_client, "_tracking_client", None), "store", None)
             if isinstance(store, RestStore):
                 self._creds = store.get_host_creds
 
@@ -349,10 +269,7 @@ def replay_spool(path: str | Path, uri: str | None = None, *, attempts: int = 5)
     the store already has are ignored by it (see the module docstring). Do not run it while the
     run's own Tracker is still alive. Raises the store's error when it stays unreachable.
     """
-    _quiet_mlflow_logs()
-    from mlflow.tracking import MlflowClient
-
-    spool = _Spool(path)
+    spool = Spool(path)
     if not spool.pending:
         if spool.path.exists():
             spool.clear()
@@ -361,14 +278,14 @@ def replay_spool(path: str | Path, uri: str | None = None, *, attempts: int = 5)
         first = next(spool.records(), (None, 0))[0]
         uri = (first or {}).get("uri") or ""
     uri = resolve_uri(uri)
-    _check_reachable(uri)
-    sender = _Sender(MlflowClient(tracking_uri=uri), uri)
+    check_reachable(uri)
+    sender = Sender(client(uri), uri)
     sent = 0
-    for group, end in _groups(spool.records()):
+    for group, end in spool_groups(spool.records()):
         try:
-            sent += _retry(sender.send, group, attempts=attempts)
+            sent += retry(sender.send, group, attempts=attempts)
         except Exception as exc:  # noqa: BLE001
-            if not _is_permanent(exc):
+            if not is_permanent(exc):
                 raise
             print(f"warning: the store rejected spooled record {group[0]['id']} ({exc}); "
                   "skipping it", file=sys.stderr)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from stability.tracking import artifact_root_for
+from stability.store import artifact_root_for
 
 START_TIMEOUT_S = 90.0
 

@@ -28,6 +28,7 @@ import torch
 import model as model_lib
 from model.config import ConfigError
 from stability import metric_names as M
+from stability import store
 from stability.checkpoint import save_checkpoint
 from stability.compile import apply_train_options, eager
 from stability.config import RunConfig, flatten, to_toml
@@ -38,12 +39,13 @@ from stability.distributed import data_parallel, resolve_device, shard_model
 from stability.hardware import device_peak_flops, mfu
 from stability.loss import LossParts, fused_lm_loss
 from stability.optim import AdamW, SkipStep, clip_grad_norm_, param_groups
-from stability.presets import run_recipe_of
+from stability.presets import recipe_deviations, run_recipe_of
 from stability.probes.growth import growth_exponents
 from stability.probes.session import ProbeSession
 from stability.schedule import lr_at
 from stability.seeding import config_hash, derive_seeds, init_generator
 from stability.stop import ALWAYS, StopRequest, handling
+from stability.store import Tag, absolute_uri, resolve_uri
 from stability.tracking import Tracker, git_commit, resumable_run_id
 
 DENSE_FLUSH_READOUTS = 10  # a dense Parquet part every 10 read-outs (and at checkpoints, end)
@@ -317,29 +319,35 @@ class Trainer:
         t = self.cfg.tracking
         if not t.enabled or not self.rank0:
             return
-        parent = {"mlflow.parentRunId": t.parent_run_id} if t.parent_run_id else {}
+        parent = {Tag.PARENT_RUN_ID: t.parent_run_id} if t.parent_run_id else {}
+        write_uri = t.via or t.uri  # a grid's loopback server, else the store itself
         run_id = self.run_id or t.run_id or None
         if run_id is None and self.resume:  # no checkpoint: the run of this name, never a second
-            run_id = resumable_run_id(t.uri, t.experiment, self.run_name, self._cell())
-        self.tracker = Tracker(t.uri, t.experiment, self.run_name, run_id=run_id,
+            run_id = resumable_run_id(write_uri, t.experiment, self.run_name, self._cell())
+        self.tracker = Tracker(write_uri, t.experiment, self.run_name, run_id=run_id,
                                spool_dir=self.ckpt_dir / "mlflow_spool",
-                               tags={**parent, "cell": self._cell(), "status": "running"})
+                               tags={**parent, Tag.CELL: self._cell(), Tag.STATUS: store.RUNNING})
         self.run_id = self.tracker.run_id
         if self.tracker.resumed and self.step > 0:
-            self.tracker.set_tags({"status": "running", "resumed_at_step": self.step})
+            self.tracker.set_tags({Tag.STATUS: store.RUNNING, Tag.RESUMED_AT_STEP: self.step})
             return
-        resolved = self.cfg.to_dict()
-        self.tracker.log_params(flatten(resolved))
+        params = flatten(self.cfg.to_dict())
+        params["tracking.uri"] = absolute_uri(resolve_uri(t.uri))  # the store the user named
+        del params["tracking.via"]  # how this process reached it: gone after the run
+        self.tracker.log_params(params)
+        base, deviations = recipe_deviations(self.cfg)
         self.tracker.set_tags({
-            "recipe": run_recipe_of(self.cfg), "preset": self.cfg.preset or "custom",
-            "seed": self.cfg.train.seed, "lr": self.cfg.optim.lr,
-            "cell": self._cell(), "status": "running", "git_commit": git_commit(),
-            "arm": t.arm or None, **parent,
-            "device": str(self.device), "ranks": self.dist.world_size if self.dist else 1,
-            "data_fingerprint": self.data.fingerprint,
-            "attention": model_lib.resolve_attention_backend(self.cfg.model.attention,
-                                                             self.device.type),
-            "params": self.model.num_params(),
+            Tag.RECIPE: run_recipe_of(self.cfg), Tag.BASE_RECIPE: base,
+            Tag.DEVIATIONS: ",".join(f"{k}={v}" for k, v in sorted(deviations.items())),
+            Tag.PRESET: self.cfg.preset or "custom",
+            Tag.SEED: self.cfg.train.seed, Tag.LR: self.cfg.optim.lr,
+            Tag.CELL: self._cell(), Tag.STATUS: store.RUNNING, Tag.GIT_COMMIT: git_commit(),
+            Tag.ARM: t.arm or None, **parent,
+            Tag.DEVICE: str(self.device), Tag.RANKS: self.dist.world_size if self.dist else 1,
+            Tag.DATA_FINGERPRINT: self.data.fingerprint,
+            Tag.ATTENTION: model_lib.resolve_attention_backend(self.cfg.model.attention,
+                                                               self.device.type),
+            Tag.N_PARAMS: self.model.num_params(),
         })
         self.tracker.log_text(to_toml(self.cfg), "config.toml")
 

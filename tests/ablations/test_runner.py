@@ -81,6 +81,35 @@ def test_four_parallel_workers_log_every_point_once(parallel_grid):
     assert "grid_cells.json" in artifacts
 
 
+def test_mlflow_layout_as_its_users_know_it(parallel_grid):
+    """What MLflow's UI shows: a model-training experiment; a parent run with the study's params
+    and figures; children recording the user's store (not the loopback server), filterable recipe
+    tags, `n_params` (not MLflow's "Params"), None params as None."""
+    spec, uri, *_ = parallel_grid
+    client, runs = _runs(uri, "par")
+    exp = client.get_experiment_by_name("par")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = next(r for r in runs if r.data.tags.get("stability.role") == "grid")
+    assert parent.data.params["preset"] == "olmo2-tiny" and parent.data.params["baseline"] == "a"
+    assert parent.data.params["seeds"] == "[0, 1]" and parent.data.params["budget.steps"] == "20"
+    assert parent.data.params["arms.b.model.qk_norm"] == "none"
+    assert parent.data.params["arms.a"] == "no overrides"
+    m = parent.data.metrics
+    assert (m["cells/finished"], m["cells/failed"], m["cells/pending"]) == (4.0, 0.0, 0.0)
+    for arm in ("a", "b"):
+        evals = [r.data.metrics["eval/loss"] for r in runs if r.data.tags.get("arm") == arm]
+        assert m[f"arm/{arm}/final_eval_loss"] == pytest.approx(sum(evals) / len(evals))
+    for run in runs:
+        if run is parent or run.info.run_id == parent.info.run_id:
+            continue
+        tags, params = run.data.tags, run.data.params
+        assert "params" not in tags and int(tags["n_params"]) > 0
+        assert params["tracking.uri"] == uri and "tracking.via" not in params
+        assert params["model.clip_qkv"] == "None" and params["model.n_kv_heads"] == "None"
+        want = ("olmo2", "olmo2", "") if tags["arm"] == "a" else ("custom", "olmo2", "model.qk_norm=none")
+        assert (tags["recipe"], tags["base_recipe"], tags["deviations"]) == want
+
+
 def test_status_matrix_comes_from_mlflow_alone(parallel_grid):
     spec, uri, *_ = parallel_grid
     statuses = cell_statuses(spec, GridStore(uri, spec))

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from stability import tracking_io
 from stability.checkpoint import CheckpointWriteError, list_checkpoints, load_latest, save_checkpoint, verify
 from stability.tracking import Tracker
-from stability.tracking_io import SpoolWriteError, _Spool
+from stability.tracking_io import Spool, SpoolWriteError
 from tests.faults.helpers import TINY, cli, error_lines, fill, only_run, tmpfs
 from tests.stability.test_tracking import _Outage
 
@@ -28,8 +28,8 @@ def _records(first: int, n: int, size: int = 50) -> list[dict]:
              "metrics": [["k", float(i), 1, i]], "pad": "x" * size} for i in range(first, first + n)]
 
 
-def _ids(spool: _Spool) -> list[str]:
-    return [r["id"] for r, _ in _Spool(spool.path).records()]
+def _ids(spool: Spool) -> list[str]:
+    return [r["id"] for r, _ in Spool(spool.path).records()]
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -73,7 +73,7 @@ def test_training_on_a_full_disk_stops_with_the_file_named_and_the_last_checkpoi
 # ------------------------------------------------------------------------------------ spool
 def test_spool_append_on_a_full_disk_fails_clearly_and_keeps_the_spool(tmp_path, capsys):
     with tmpfs(tmp_path / "disk", "1m") as disk:
-        spool = _Spool(disk / "spool" / "run.jsonl")
+        spool = Spool(disk / "spool" / "run.jsonl")
         spool.append(_records(0, 20))
         before = spool.path.read_bytes()
         filler = fill(disk, leave=16_384)
@@ -90,7 +90,7 @@ def test_spool_append_on_a_full_disk_fails_clearly_and_keeps_the_spool(tmp_path,
 
 def test_spool_append_with_a_simulated_enospc_keeps_the_spool(tmp_path, monkeypatch):
     """The same without a mount: `os.write` writes half of the append, then reports ENOSPC."""
-    spool = _Spool(tmp_path / "run.jsonl")
+    spool = Spool(tmp_path / "run.jsonl")
     spool.append(_records(0, 4))
     before = spool.path.read_bytes()
     real_write = os.write

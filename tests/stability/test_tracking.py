@@ -23,10 +23,11 @@ import requests
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from stability import tracking, tracking_io
+from stability import store, tracking, tracking_io
 from stability.dense import DenseWriter, read_dense
-from stability.tracking import Tracker, TrackingUnavailable, replay_spool
-from stability.tracking_io import _groups, _Spool
+from stability.store import TrackingUnavailable
+from stability.tracking import Tracker
+from stability.tracking_io import Spool, replay_spool, spool_groups
 
 KEYS = ["train/loss"] + [f"k{i}" for i in range(1, 5)]  # train/loss: the resume key
 MLFLOW = Path(sys.executable).parent / "mlflow"
@@ -168,22 +169,22 @@ def test_store_ignores_a_resent_identical_point(tmp_path):
 
 # ------------------------------------------------------------------------------ spool file
 def test_spool_skips_a_torn_line_and_groups_metric_records(tmp_path):
-    spool = _Spool(tmp_path / "r.jsonl")
+    spool = Spool(tmp_path / "r.jsonl")
     rec = {"v": 1, "run_id": "r", "kind": "batch"}
     spool.append([{**rec, "id": "a-1", "metrics": [["k", 1.0, 5, s] for s in range(600)]}])
     with open(spool.path, "ab") as f:
         f.write(b'{"v": 1, "id": "torn", "metr')  # a crash inside an append
-    spool = _Spool(spool.path)
+    spool = Spool(spool.path)
     spool.append([{**rec, "id": "a-2", "metrics": [["k", 1.0, 5, s] for s in range(600, 1000)]},
                   {**rec, "id": "a-3", "metrics": [], "tags": [["status", "x"]]},
                   {**rec, "id": "a-4", "metrics": [["k", 1.0, 5, 1000]]}])
     ids = [r["id"] for r, _ in spool.records()]
     assert ids == ["a-1", "a-2", "a-3", "a-4"]
-    groups = [([r["id"] for r in g], end) for g, end in _groups(spool.records())]
+    groups = [([r["id"] for r in g], end) for g, end in spool_groups(spool.records())]
     assert [g for g, _ in groups] == [["a-1", "a-2"], ["a-3"], ["a-4"]]  # <= 1000 points each
     spool.advance(groups[0][1], "a-2")
-    assert [r["id"] for r, _ in _Spool(spool.path).records()] == ["a-3", "a-4"]
-    assert _Spool(spool.path).max_step("k") == 1000
+    assert [r["id"] for r, _ in Spool(spool.path).records()] == ["a-3", "a-4"]
+    assert Spool(spool.path).max_step("k") == 1000
 
 
 # ------------------------------------------------------------------------------ simulated outages
@@ -262,7 +263,7 @@ def test_resumed_tracker_adopts_the_spool_a_crash_left(tmp_path):
 
 
 def test_unreachable_server_at_start_raises_quickly(tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking_io, "START_WAIT_S", 0.5)
+    monkeypatch.setattr(store, "START_WAIT_S", 0.5)
     t0 = time.monotonic()
     with pytest.raises(TrackingUnavailable, match="not reachable"):
         _tracker(f"http://127.0.0.1:{_free_port()}", tmp_path)
