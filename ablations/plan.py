@@ -1,9 +1,7 @@
 """The plan of a grid before it runs: per-cell budget, model size and compute, and a CPU-time estimate.
 
-Compute per cell = tokens x training FLOPs per token (`Transformer.flops_per_token`: 6 N + 6 L d T).
-Model sizes up to d_model 1024 come from the model itself, constructed without init (on the CPU
-when small, else on the `meta` device: no memory); larger ones from `param_count`, a closed form
-checked against `model.build(cfg).num_params()` in the tests (a 7B model is never allocated).
+Compute per cell = tokens x training FLOPs per token (`model.size`: 6 N + 6 L d T, in closed form:
+no model is built, torch is not imported).
 
 CPU time uses `CPU_FLOPS`, a calibration of this 2-core machine: a bare forward/backward/AdamW loop
 on `olmo2-small` (batch 8 x seq 128, fp32, 2 threads) ran 10.8-11.2 steps/s at 7.09 MFLOP/token x
@@ -14,69 +12,12 @@ small CPU models; GPU studies should be read in tokens and PFLOPs.
 
 from __future__ import annotations
 
-import torch
-
 from ablations.spec import GridSpec
-from model.config import ModelConfig
-from model.transformer import Transformer
+from model.size import flops_per_token, param_count
 
-__all__ = ["CPU_FLOPS", "param_count", "flops_per_token", "model_size", "plan_rows", "plan_totals",
-           "format_plan"]
+__all__ = ["CPU_FLOPS", "plan_rows", "plan_totals", "format_plan"]
 
 CPU_FLOPS = 80e9  # sustained training FLOP/s on this 2-core machine (see the module docstring)
-BUILD_MAX_D_MODEL = 1024  # above this, sizes are computed analytically
-CPU_BUILD_MAX_PARAMS = 20_000_000  # below this, the model is instantiated on the CPU (else on meta)
-
-
-def _norm_params(norm_type: str, dim: int) -> int:
-    return 0 if norm_type == "layernorm_nonparam" else dim  # rms / layernorm: a scale, no bias
-
-
-def param_count(cfg: ModelConfig) -> int:
-    """Distinct parameters of `Transformer(cfg)` (a tied matrix counts once), without building it."""
-    d, hd, h, kv = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.kv_heads
-    nt = cfg.norm_type
-    attn = d * (h * hd + 2 * kv * hd) + h * hd * d  # fused qkv + o_proj, no biases
-    if cfg.qk_norm == "full":
-        attn += _norm_params(nt, h * hd) + _norm_params(nt, kv * hd)
-    elif cfg.qk_norm == "per_head":
-        attn += 2 * _norm_params(nt, hd)
-    mlp = 3 * d * cfg.hidden  # gate+up fused, down
-    norms = (4 if cfg.block == "peri_norm" else 2) * _norm_params(nt, d)
-    embed = cfg.vocab_size * d
-    head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
-    return embed + cfg.n_layers * (attn + mlp + norms) + _norm_params(nt, d) + head
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """`Transformer.flops_per_token` in closed form: 6 N + 6 L d T, N = non-embedding params
-    including the LM head matrix (also when tied)."""
-    n = param_count(cfg) - cfg.vocab_size * cfg.d_model
-    if cfg.tie_embeddings:
-        n += cfg.vocab_size * cfg.d_model
-    return 6.0 * n + 6.0 * cfg.n_layers * cfg.d_model * seq_len
-
-
-_SIZE_CACHE: dict[tuple, tuple[int, float]] = {}
-
-
-def model_size(cfg: ModelConfig, seq_len: int) -> tuple[int, float]:
-    """(params, training FLOPs per token), cached per distinct model config and seq_len.
-
-    Up to `CPU_BUILD_MAX_PARAMS` the model is constructed on the CPU (no init: it does not change
-    the counts), up to d_model `BUILD_MAX_D_MODEL` on the `meta` device (no memory), and above that
-    the closed form `param_count` is used.
-    """
-    key = (tuple(sorted(cfg.to_dict().items(), key=lambda kv: kv[0])), seq_len)
-    if key not in _SIZE_CACHE:
-        if cfg.d_model > BUILD_MAX_D_MODEL:
-            _SIZE_CACHE[key] = (param_count(cfg), flops_per_token(cfg, seq_len))
-        else:
-            device = "cpu" if param_count(cfg) <= CPU_BUILD_MAX_PARAMS else "meta"
-            with torch.device(device):
-                model = Transformer(cfg)
-            _SIZE_CACHE[key] = (model.num_params(), float(model.flops_per_token(seq_len)))
-    return _SIZE_CACHE[key]
 
 
 def plan_rows(spec: GridSpec) -> list[dict]:
@@ -84,7 +25,7 @@ def plan_rows(spec: GridSpec) -> list[dict]:
     rows = []
     for cell in spec.cells():
         cfg = cell.config
-        params, fpt = model_size(cfg.model, cfg.train.seq_len)
+        params, fpt = param_count(cfg.model), flops_per_token(cfg.model, cfg.train.seq_len)
         tokens = cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
         rows.append({
             "arm": cell.arm,

@@ -9,6 +9,7 @@ from model.blocks import Block
 from model.config import ModelConfig
 from model.norms import build_norm
 from model.rope import RotaryEmbedding
+from model.size import flops_per_token
 
 
 class Transformer(nn.Module):
@@ -72,14 +73,5 @@ class Transformer(nn.Module):
         return n - self.embed.weight.numel() if exclude_embeddings else n
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6 * N + 6 * n_layers * d_model * seq_len.
-
-        N = non-embedding parameters including the lm_head matrix (counted even when tied);
-        the second term is the attention-score and value matmuls, 12 * L * d * T halved for
-        causality.
-        """
-        cfg = self.cfg
-        n = self.num_params(exclude_embeddings=True)
-        if cfg.tie_embeddings:
-            n += self.lm_head.weight.numel()
-        return 6.0 * n + 6.0 * cfg.n_layers * cfg.d_model * seq_len
+        """Training FLOPs per token (`model.size.flops_per_token`: 6 N + 6 L d T)."""
+        return flops_per_token(self.cfg, seq_len)

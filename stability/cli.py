@@ -8,6 +8,7 @@ and `grid run` import torch: the other commands, and `--help`, start without it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -133,17 +134,24 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(_: argparse.Namespace) -> int:
-    from model import build
+    from model.size import param_count
     from stability.presets import preset_names, run_preset
 
     for name in preset_names():
         cfg = run_preset(name)
         m = cfg.model
-        print(f"{name:16s} d_model {m.d_model:5d}  layers {m.n_layers:3d}  heads {m.n_heads:3d}  "
-              f"vocab {m.vocab_size:6d}  steps {cfg.train.steps:6d}  "
-              f"batch {cfg.train.batch_size}x{cfg.train.seq_len}"
-              + (f"  params {build(m).num_params():,}" if m.d_model <= 256 else ""))
+        print(f"{name:18s} d_model {m.d_model:5d}  layers {m.n_layers:3d}  heads {m.n_heads:3d}  "
+              f"vocab {m.vocab_size:6d}  params {_short_count(param_count(m)):>6s}  "
+              f"steps {cfg.train.steps:6d}  batch {cfg.train.batch_size}x{cfg.train.seq_len}")
     return 0
+
+
+def _short_count(n: int) -> str:
+    """1_384_576 -> '1.38M'."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -221,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:  # `stability presets | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # disk full while writing a checkpoint or the spool: one line, no traceback
         from stability.checkpoint import CheckpointWriteError
         from stability.tracking_io import SpoolWriteError

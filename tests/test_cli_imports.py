@@ -49,3 +49,10 @@ def test_help_names_every_subcommand_and_imports_no_torch():
 def test_subcommand_help_imports_no_torch(argv):
     got = _help(*argv)
     assert got["help"].startswith("usage: stability") and not got["torch"], argv
+
+
+@pytest.mark.parametrize("argv", [["config", "--preset", "olmo2-small"], ["presets"],
+                                  ["grid", "plan", "quick"], ["grid", "plan", "olmo2_section3"]])
+def test_commands_that_need_no_model_import_no_torch(argv):
+    got = _help(*argv)
+    assert got["help"].strip() and not got["torch"], argv
