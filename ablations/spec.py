@@ -24,7 +24,8 @@ Cells = arms x seeds x lrs, ordered by arm (file order), then seed, then lr. The
 is preset <- base <- arm <- {train.seed, optim.lr, train.steps from the budget}, with
 `tracking.experiment = name` and `tracking.run_name = "{name}/{arm}/s{seed}/lr{lr:g}"`. Seed s
 gives every arm the same data order and init stream (the trainer derives both from
-`train.seed`). A cell's id is the content hash of its resolved config (`config_hash`, 12 hex).
+`train.seed`). A cell's id is the content hash of its resolved config
+(`stability.config.config_hash`, 12 hex).
 
 Everything is checked when the spec is loaded, before any run starts: each problem raises a
 `ConfigError` with one line naming its place in the file (`arms.x.model.qk_norm: ...`,
@@ -43,9 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError
-from stability.config import RunConfig, apply_table, parse_override, read_toml
+from stability.config import RunConfig, apply_table, config_hash, parse_override, read_toml
 from stability.presets import run_preset
-from stability.seeding import config_hash
 
 __all__ = ["SPEC_PLACE", "Cell", "GridSpec", "load_spec", "parse_spec", "GRIDS_DIR", "bundled_specs"]
 
@@ -196,7 +196,7 @@ class GridSpec:
                         raise ConfigError(f"resources.ranks: {self.ranks} ranks do not divide "
                                           f"train.batch_size {cfg.train.batch_size} of arm {arm!r} "
                                           f"(the batch is global, split across the ranks)")
-                    cid = config_hash(cfg.to_dict())[:CELL_ID_LEN]
+                    cid = config_hash(cfg)[:CELL_ID_LEN]
                     out.append(Cell(arm=arm, seed=seed, lr=cfg.optim.lr, cell_id=cid, config=cfg))
         self._check_distinct(out)
         return out

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
 import tomllib
 import types
@@ -368,6 +370,36 @@ def load_config(
         apply_table(cfg, layer)
     cfg.validate()
     return cfg
+
+
+# How a run executes, not what it computes: these keys change neither its identity (the cell
+# hash) nor its results. The `tracking` section is never part of a run's identity either.
+EXECUTION_KEYS = ("train.checkpoint_dir", "train.log_every", "train.keep_checkpoints", "train.threads",
+                  "train.compile", "train.activation_checkpointing")
+# What may differ between a checkpoint's config and the one resuming it: how it executes, and the
+# budget and cadences a resumed run may extend or move to.
+RESUMABLE_KEYS = (*EXECUTION_KEYS, "train.steps", "train.eval_every", "train.eval_batches",
+                  "train.checkpoint_every", "train.device")
+
+
+def config_hash(cfg: RunConfig | dict[str, Any]) -> str:
+    """Content hash of a resolved config without `tracking` and `EXECUTION_KEYS`: the identity of
+    a run or grid cell (16 hex digits)."""
+    data = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    content = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items() if k != "tracking"}
+    for key in EXECUTION_KEYS:
+        section, name = key.split(".")
+        content.get(section, {}).pop(name, None)
+    blob = json.dumps(content, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def resume_conflicts(saved: RunConfig | dict[str, Any], now: RunConfig | dict[str, Any]) -> list[str]:
+    """The keys whose values differ between a checkpoint's config and the resuming one, beyond
+    `RESUMABLE_KEYS` and `tracking` (a non-empty list means: not the same run)."""
+    old, new = flatten(saved), flatten(now)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                  and k not in RESUMABLE_KEYS and not k.startswith("tracking."))
 
 
 def flatten(cfg: RunConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,10 +6,6 @@ their initial weights from the same stream, so per-seed differences isolate the 
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -26,16 +22,3 @@ def derive_seeds(seed: int) -> dict[str, int]:
 def init_generator(seed: int) -> torch.Generator:
     """The CPU generator the model's init draws from (weights are moved to the device after)."""
     return torch.Generator().manual_seed(derive_seeds(seed)["init"])
-
-
-def config_hash(cfg_dict: dict[str, Any]) -> str:
-    """Content hash of a resolved config (without tracking), the identity of a run or grid cell."""
-    content = {k: v for k, v in cfg_dict.items() if k != "tracking"}
-    train = dict(content.get("train", {}))
-    # how a run executes, not what it computes: the same cell with or without them
-    for volatile in ("checkpoint_dir", "log_every", "keep_checkpoints", "threads", "compile",
-                     "activation_checkpointing"):
-        train.pop(volatile, None)
-    content["train"] = train
-    blob = json.dumps(content, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

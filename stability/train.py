@@ -31,7 +31,7 @@ from stability import metric_names as M
 from stability import store
 from stability.checkpoint import save_checkpoint
 from stability.compile import apply_train_options, eager
-from stability.config import RunConfig, flatten, to_toml
+from stability.config import RunConfig, config_hash, flatten, resume_conflicts, to_toml
 from stability.data import Batch, build_data
 from stability.dense import DenseWriter
 from stability.dist_checkpoint import find_latest, save_sharded
@@ -43,19 +43,12 @@ from stability.presets import recipe_deviations, run_recipe_of
 from stability.probes.growth import growth_exponents
 from stability.probes.session import ProbeSession
 from stability.schedule import lr_at
-from stability.seeding import config_hash, derive_seeds, init_generator
+from stability.seeding import derive_seeds, init_generator
 from stability.stop import ALWAYS, StopRequest, handling
 from stability.store import Tag, absolute_uri, resolve_uri
 from stability.tracking import Tracker, git_commit, resumable_run_id
 
 DENSE_FLUSH_READOUTS = 10  # a dense Parquet part every 10 read-outs (and at checkpoints, end)
-
-# Keys that may differ between a checkpoint's config and the resuming one.
-_RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_batches", "train.log_every",
-                      "train.checkpoint_every", "train.checkpoint_dir", "train.keep_checkpoints",
-                      "train.threads", "train.device", "train.compile",
-                      "train.activation_checkpointing")
-
 
 @dataclass
 class RunResult:
@@ -91,7 +84,7 @@ def _safe_name(name: str) -> str:
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    return f"{cfg.preset or 'custom'}-s{cfg.train.seed}-{config_hash(cfg.to_dict())[:8]}"
+    return f"{cfg.preset or 'custom'}-s{cfg.train.seed}-{config_hash(cfg)[:8]}"
 
 
 class Trainer:
@@ -289,10 +282,7 @@ class Trainer:
         if found is None:
             return False
         state = found.state
-        old, new = flatten(state["config"]), flatten(self.cfg.to_dict())
-        changed = sorted(k for k in set(old) | set(new)
-                         if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES
-                         and not k.startswith("tracking."))
+        changed = resume_conflicts(state["config"], self.cfg)
         if changed:
             raise ConfigError(f"--resume: checkpoint in {self.ckpt_dir} was made with other values "
                               f"for {', '.join(changed)}")
@@ -313,7 +303,7 @@ class Trainer:
     # ------------------------------------------------------------------ tracking
     def _cell(self) -> str:
         """The config's content hash: a grid cell's id, and what a run adopted by name must match."""
-        return config_hash(self.cfg.to_dict())[:12]
+        return config_hash(self.cfg)[:12]
 
     def _start_tracking(self) -> None:
         t = self.cfg.tracking
