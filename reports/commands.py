@@ -21,15 +21,19 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-attach", action="store_true", help="do not attach the report to the grid's "
                                                              "parent run in MLflow")
 
-    p = sub.add_parser("dashboard", help="the HTML spike dashboard of a grid or experiment")
+    p = sub.add_parser("dashboard", help="the interactive spike dashboard of a grid or experiment")
     p.add_argument("source", help=SOURCE_HELP)
-    p.add_argument("--out", help="output folder (default: results/<name>/dashboard)")
+    p.add_argument("--out", help="static export folder (default: results/<name>/dashboard)")
     p.add_argument("--tracking-uri", help=URI_HELP)
-    p.add_argument("--window", type=int, default=20, help="spike gallery: steps either side")
-    p.add_argument("--serve", action="store_true", help="serve it on localhost, refreshed while runs "
-                                                        "are live (Ctrl-C stops)")
+    p.add_argument("--window", type=int, default=20, help="spike view: steps either side of a spike")
+    p.add_argument("--serve", action="store_true", help="serve it on localhost instead, live while runs "
+                                                        "write (reads the store only; Ctrl-C stops)")
+    p.add_argument("--host", default="127.0.0.1", help="with --serve: the address to bind (default "
+                                                       "127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=0, help="with --serve: the port (default: a free one)")
-    p.add_argument("--refresh", type=float, default=10.0, help="with --serve: seconds between rebuilds")
+    p.add_argument("--poll", "--refresh", dest="poll", type=float, default=2.0,
+                   help="with --serve: seconds between looks at the store, and between the page's "
+                        "polls (default 2; --refresh is its old name)")
     p.add_argument("--no-attach", action="store_true", help="do not attach the dashboard to the "
                                                              "grid's parent run in MLflow")
 
@@ -63,19 +67,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    if args.window < 1:
+        raise ConfigError(f"--window: must be >= 1, got {args.window}")
+    if not args.poll > 0:
+        raise ConfigError(f"--poll: must be > 0 seconds, got {args.poll}")
+    grid, uri = _load(args)
+    if args.serve:
+        from reports.load import load_grid
+        from reports.serve import mlflow_probe, serve_dashboard
+
+        serve_dashboard(lambda: load_grid(grid.name, uri), port=args.port, host=args.host,
+                        poll_s=args.poll, window=args.window, probe=mlflow_probe(uri, grid.name), first=grid)
+        return 0
     from reports.dashboard import write_dashboard
     from reports.report import attach_to_mlflow
 
-    if args.window < 1:
-        raise ConfigError(f"--window: must be >= 1, got {args.window}")
-    grid, uri = _load(args)
     out = Path(args.out or Path("results") / grid.name / "dashboard")
-    if args.serve:
-        from reports.load import load_grid
-        from reports.serve import serve_dashboard
-
-        serve_dashboard(lambda: load_grid(args.source, uri), out, port=args.port, refresh_s=args.refresh)
-        return 0
     index = write_dashboard(grid, out, window=args.window)
     print(f"dashboard: {index.resolve().as_uri()}")
     if not args.no_attach and (run := attach_to_mlflow(grid, out, uri, "dashboard")):

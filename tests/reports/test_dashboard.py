@@ -1,13 +1,16 @@
-"""The HTML spike dashboard: pages, links, SVG geometry, escaping, speed, live server, real browser."""
+"""The dashboard's data, static export, JSON server and CLI (the browser side: test_dashboard_browser.py)."""
 
 from __future__ import annotations
 
 import _thread
-import re
+import hashlib
+import json
+import shutil
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,378 +19,302 @@ import pandas as pd
 import pytest
 
 from reports import frames as F
-from reports import svg
-from reports.dashboard import STATUS_BG, atomic_write, run_page_names, write_dashboard
-from reports.serve import DashboardServer, serve_dashboard
+from reports.dash_data import DashData, SeriesIndex, catalogue, merge_events
+from reports.dashboard import CSP, write_dashboard
+from reports.serve import DashboardServer, mlflow_probe, serve_dashboard
+from reports.stats import compare_arms
 from stability import metric_names as M
-from tests.reports import chromium
 from tests.reports.factories import synthetic_grid
+from tests.reports.mlflow_store import Store, template_db
 
 LR = 3e-3
-SPIKY, DIVERGED = ("no_qk_norm", 0, LR), ("no_qk_norm", 1, LR)
+HOSTILE = "</script><img src=x onerror=alert(1)>"
 
 
-class Doc(HTMLParser):
-    """Start tags (name, attrs) and the text a browser would show."""
+class Scripts(HTMLParser):
+    """Every <script> element: (attrs, text)."""
 
     def __init__(self, text: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
+        super().__init__(convert_charrefs=False)
+        self.scripts: list[tuple[dict, str]] = []
+        self.metas: list[dict] = []
+        self.tags: list[str] = []
+        self._in: dict | None = None
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
+        self.tags.append(tag)
+        if tag == "script":
+            self._in = dict(attrs)
+            self.scripts.append((self._in, ""))
+        if tag == "meta":
+            self.metas.append(dict(attrs))
 
     def handle_data(self, data):
-        self.text.append(data)
+        if self._in is not None:
+            attrs, text = self.scripts[-1]
+            self.scripts[-1] = (attrs, text + data)
 
-    def attrs(self, tag: str, **match: str) -> list[dict[str, str | None]]:
-        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in match.items())]
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in = None
 
 
-def grid_with_statuses() -> F.GridData:
-    grid = synthetic_grid(diverged={DIVERGED: 150}, spike_steps={SPIKY: [60, 120], ("olmo0424", 2, LR): [90]})
-    runs = grid.runs.copy()
-    runs.loc[runs[F.RUN_ID] == "r200_olmo0424", F.STATUS] = "failed"
-    runs.loc[runs[F.RUN_ID] == "r210_olmo0424", F.STATUS] = "running"
-    grid.runs = runs
+def with_extra_rules(grid: F.GridData) -> F.GridData:
+    """Every grad-norm spike also fired the online rule, and one the loss rule: 2-3 rows per event."""
+    sp = grid.spikes
+    online = sp.assign(series="grad/norm@online", sigma=7.0)
+    loss = sp.iloc[[0]].assign(series="train/loss@olmo2", sigma=-20.0, leading_layer=pd.NA,
+                               attn_logit_rising=pd.NA)
+    grid.spikes = pd.concat([sp, online, loss], ignore_index=True)
     return grid
 
 
+def spiky_grid() -> F.GridData:
+    spikes = {("no_qk_norm", 0, LR): [60, 120], ("olmo0424", 2, LR): [90]}
+    return with_extra_rules(synthetic_grid(diverged={("no_qk_norm", 1, LR): 150}, spike_steps=spikes))
+
+
 @pytest.fixture(scope="module")
-def dash(tmp_path_factory) -> tuple[F.GridData, Path]:
-    grid = grid_with_statuses()
-    out = tmp_path_factory.mktemp("dash")
-    assert write_dashboard(grid, out) == out / "index.html"
-    return grid, out
+def template(tmp_path_factory) -> Path:
+    return template_db(tmp_path_factory.mktemp("template"))
 
 
-def charts(page: str) -> list[str]:
-    return re.findall(r"<svg\b.*?</svg>", page, re.S)
+# ------------------------------------------------------------------------------------ data
+def test_one_event_per_run_and_step_listing_every_rule():
+    grid = spiky_grid()
+    assert len(grid.spikes) == 7
+    events = merge_events(grid.spikes, grid.runs[F.RUN_ID])
+    assert [(e["run"], e["step"]) for e in events] == [("r100_no_qk_norm", 60), ("r100_no_qk_norm", 120),
+                                                       ("r220_olmo0424", 90)]
+    first = events[0]
+    assert [(r["metric"], r["rule"], r["sigma"]) for r in first["rules"]] == [
+        ("train/loss", "olmo2", -20.0), ("grad/norm", "olmo2", 12.0), ("grad/norm", "online", 7.0)]
+    assert first["sigma"] == 20.0 and first["leading_layer"] == 1 and first["leading_sigma"] == 15.0
+    assert first["attn_logit_rising"] is True and first["log_z_rising"] is False
+    assert [len(e["rules"]) for e in events] == [3, 2, 2]
+    assert merge_events(grid.spikes.iloc[0:0]) == []
 
 
-def svg_geometry(chart: str) -> tuple[float, float, float, float]:
-    """(x0, x1, plot left, plot width) from the chart's data attributes."""
-    x0, x1 = map(float, re.search(r'data-x-domain="([^"]+)"', chart).group(1).split())
-    left, _, width, _ = map(float, re.search(r'data-plot="([^"]+)"', chart).group(1).split())
-    return x0, x1, left, width
+def test_overview_runs_groups_catalogue_and_the_reports_paired_differences():
+    grid = spiky_grid()
+    data = DashData.from_grid(grid, window=15)
+    ov = data.overview
+    json.dumps(ov, allow_nan=False)  # strict JSON: no NaN anywhere
+    assert ov["is_grid"] and ov["default_mode"] == "groups" and ov["window"] == 15
+    assert [g["label"] for g in ov["groups"]] == ["olmo2", "no_qk_norm", "olmo0424"]
+    assert all(len(g["runs"]) == 3 for g in ov["groups"])
+    assert ov["statuses"] == {"finished": 8, "diverged": 1}
+    assert len(ov["events"]) == 3 and ov["rules"] == ["olmo2", "online"]
+    run = next(r for r in ov["runs"] if r["id"] == "r110_no_qk_norm")
+    assert run["status_text"] == "diverged @ 150" and run["diverged_at"] == 150 and run["x_max"] == 150
+    assert run["params"]["model.qk_norm"] == "none" and M.TRAIN_LOSS in run["metrics"]
+    assert run["summary"][F.MAX_GRAD_NORM] == "inf"  # as the report prints it, not blank
+    cat = {c["key"]: c for c in ov["metrics"]}
+    assert cat[M.GRAD_NORM] == {"key": M.GRAD_NORM, "total": True, "layers": [0, 1, 2, 3]}  # dense layers
+    assert cat[M.ATTN_LOGIT_MAX]["total"] is False and cat[M.ATTN_LOGIT_MAX]["layers"] == [0, 1, 2, 3]
+    assert cat[M.UPDATE_RMS]["layers"] == [0, 1, 2, 3]
+    keys = [c["key"] for c in ov["metrics"]]
+    assert keys.index(M.TRAIN_LOSS) < keys.index(M.EVAL_LOSS) < keys.index(M.GRAD_NORM)  # registry order
+    # the paired differences are compare_arms' numbers with the report's test and resamples
+    ref = compare_arms(grid.runs, "olmo2", test="wilcoxon", n_boot=10_000)
+    rows = {(r["arm"], r["metric"]): r for r in ov["compare"]["rows"]}
+    for _, r in ref.iterrows():
+        got = rows[(r["arm"], r["metric"])]
+        for col in ("mean_diff", "ci_low", "ci_high", "n_pairs"):
+            want = r[col]
+            if pd.isna(want):
+                assert got[col] is None, col
+            elif np.isinf(want):
+                assert got[col] == ("inf" if want > 0 else "-inf"), col
+            else:
+                assert got[col] == pytest.approx(want), col
+    assert ov["compare"]["too_few"] is True  # 3 seeds: no Wilcoxon p-value
 
 
-def path_points(chart: str, label: str) -> np.ndarray:
-    d = re.search(rf'data-label="{re.escape(label)}" d="([^"]*)"', chart).group(1)
-    return np.array([[float(v) for v in p.split()] for p in re.split(r"[ML]", d) if p.strip()])
+def test_groups_per_lr_and_a_plain_experiment_is_runs():
+    grid = synthetic_grid(arms=("a", "b"), seeds=(0, 1), lrs=(1e-3, 1e-2), steps=30)
+    groups = DashData.from_grid(grid).overview["groups"]
+    assert [g["label"] for g in groups] == ["a @ lr 0.001", "a @ lr 0.01", "b @ lr 0.001", "b @ lr 0.01"]
+    assert all(len(g["runs"]) == 2 for g in groups)
+    plain = synthetic_grid(arms=("run-x", "run-y"), seeds=(0,), steps=30, baseline=None)
+    ov = DashData.from_grid(plain).overview
+    assert not ov["is_grid"] and ov["default_mode"] == "runs" and ov["compare"] is None
 
 
-def test_overview_matrix_cells_status_and_links(dash):
-    grid, out = dash
-    page = (out / "index.html").read_text()
-    doc = Doc(page)
-    cells = [a for t, a in doc.tags if t == "a" and (a.get("class") or "").startswith("cell ")]
-    assert len(cells) == len(grid.runs) == 9
-    for a in cells:
-        assert (out / a["href"]).is_file()
-    assert len(doc.attrs("table", **{"class": "matrix"})) == 1
-    assert [a["href"] for a in cells].count("runs/r110_no_qk_norm.html") == 1
-    text = " ".join(" ".join(doc.text).split())
-    assert "diverged @ 150" in text and "running @ 199" in text
-    assert "running 1 · finished 6 · diverged 1 · failed 1" in text
-    assert "synthetic" in text and "baseline arm: olmo2" in text and "generated 20" in text
-    by_status = {a["class"].split()[1]: a["style"] for a in cells}
-    assert STATUS_BG["diverged"] in by_status["st-diverged"] and STATUS_BG["failed"] in by_status["st-failed"]
-    # the spikiest finished run gets the darkest end of the sequential scale, a spike-free one white-ish
-    spiky = next(a for a in cells if a["href"] == "runs/r100_no_qk_norm.html")
-    calm = next(a for a in cells if a["href"] == "runs/r000_olmo2.html")
-    assert "#3f007d" in spiky["style"] and "#fcfbfd" in calm["style"]
-    # rows follow grid.arms (baseline first), columns the seeds
-    assert re.findall(r"<tr><th>([^<]+)", page)[1:] == ["olmo2 ", "no_qk_norm", "olmo0424"]
+def test_series_index_from_unsorted_frames_and_dense_layers():
+    grid = synthetic_grid(arms=("a",), seeds=(0,), steps=40)
+    shuffled = grid.series.sample(frac=1.0, random_state=0)
+    a, b = SeriesIndex.from_frames(grid.series, grid.dense), SeriesIndex.from_frames(shuffled, grid.dense)
+    assert a.data.keys() == b.data.keys()
+    for k in a.data:
+        np.testing.assert_array_equal(a.data[k][0], b.data[k][0])
+        np.testing.assert_array_equal(a.data[k][1], b.data[k][1])
+    rid = "r000_a"
+    x, y = a.get(rid, M.layer_key(M.GRAD_NORM, 1))  # from the dense artifact
+    dense = grid.dense[(grid.dense["key"] == M.GRAD_NORM) & (grid.dense["layer"] == 1)]
+    np.testing.assert_array_equal(y, dense["value"].to_numpy())
+    # attn/logit_max per layer is an MLflow key: it wins over the dense max over heads
+    x, y = a.get(rid, M.layer_key(M.ATTN_LOGIT_MAX, 2))
+    mlflow = grid.series[grid.series["metric"] == M.layer_key(M.ATTN_LOGIT_MAX, 2)]
+    np.testing.assert_array_equal(y, mlflow["value"].to_numpy())
+    # without that key, the dense max over heads is used
+    no_key = grid.series[~grid.series["metric"].str.startswith(M.ATTN_LOGIT_MAX)]
+    x, y = SeriesIndex.from_frames(no_key, grid.dense).get(rid, M.layer_key(M.ATTN_LOGIT_MAX, 2))
+    heads = grid.dense[(grid.dense["key"] == M.ATTN_LOGIT_MAX) & (grid.dense["layer"] == 2)]
+    np.testing.assert_allclose(y, heads.groupby("step")["value"].max().to_numpy())
+    assert catalogue(["x/y/layer_3", "train/loss", "zzz"]) == [
+        {"key": "train/loss", "total": True, "layers": []}, {"key": "x/y", "total": False, "layers": [3]},
+        {"key": "zzz", "total": True, "layers": []}]
 
 
-def test_run_page_charts_spike_markers_and_tables(dash):
-    grid, out = dash
-    page = (out / "runs" / "r100_no_qk_norm.html").read_text()
-    found = charts(page)
-    assert [re.search(r'aria-label="([^"]+)"', c).group(1) for c in found] == [
-        "loss", "global grad norm (log)", "max attention logit per layer", "log Z"]
-    gnorm = found[1]
-    x0, x1, left, width = svg_geometry(gnorm)
-    assert (x0, x1) == (0, 199)
-    pts = path_points(gnorm, "grad/norm")
-    for step in (60, 120):
-        marker = re.search(rf'<g class="marker spike" data-x="{step}">.*?x1="([\d.]+)"', gnorm).group(1)
-        expected = left + (step - x0) / (x1 - x0) * width
-        assert float(marker) == pytest.approx(expected, abs=0.06)
-        # the curve has a vertex there, and it is a peak (smallest y pixel = largest value)
-        at = pts[np.isclose(pts[:, 0], expected, atol=0.06)]
-        assert at.shape[0] == 1 and at[0, 1] < np.median(pts[:, 1]) - 50
-    assert len(found[2].split('class="series"')) - 1 == 4  # one line per layer
-    assert 'data-label="eval/loss"' in found[0]
-    doc = Doc(page)
-    gallery = (out / "spikes.html").read_text()
-    links = [a["href"] for t, a in doc.tags if t == "a" and a.get("href", "").startswith("../spikes.html#")]
-    assert len(links) == 2
-    for href in links:
-        assert f'id="{href.split("#")[1]}"' in gallery
-    text = " ".join(doc.text)
-    assert "grad/norm@olmo2" in text and "model.qk_norm" in text and "none" in text
-    # the diverged run: marker at the divergence step, and the summary says so
-    div_page = (out / "runs" / "r110_no_qk_norm.html").read_text()
-    assert '<g class="marker diverged" data-x="150">' in div_page and "diverged @ 150" in div_page
-
-
-def test_spike_gallery_windows_and_captions(dash):
-    grid, out = dash
-    page = (out / "spikes.html").read_text()
-    figures = re.findall(r'<figure class="spike".*?</figure>', page, re.S)
-    assert len(figures) == len(grid.spikes) == 3
-    for fig, step in zip(figures, (60, 120, 90)):
-        found = charts(fig)
-        assert len(found) == 3
-        assert all(svg_geometry(c)[:2] == (step - 20, step + 20) for c in found)
-        assert f"step {step}" in fig and "leading layer 1" in fig
-        per_layer = found[2]
-        assert 'data-label="layer 1 (lead)"' in per_layer and per_layer.count('class="series"') == 4
-        lead = path_points(per_layer, "layer 1 (lead)")
-        assert lead.shape[0] == 41  # step +- 20, every step
-        assert (Path(out) / re.search(r'href="(runs/[^"]+)"', fig).group(1)).is_file()
-    assert "arm olmo0424 · seed 2 · step 90" in page
-
-
-def test_user_strings_are_escaped_everywhere(tmp_path):
-    grid = synthetic_grid(arms=('"><img src=x onerror=alert(1)>', "b"), seeds=(0,), steps=60,
-                          spike_steps={('"><img src=x onerror=alert(1)>', 0, LR): [30]},
-                          name="<b>grid</b> & co", baseline='"><img src=x onerror=alert(1)>')
+# ------------------------------------------------------------------------------------ static export
+def hostile_grid() -> F.GridData:
+    grid = synthetic_grid(arms=(HOSTILE, "b"), seeds=(0,), steps=60, spike_steps={(HOSTILE, 0, LR): [30]},
+                          name="<b>grid</b> & co", baseline=HOSTILE)
     runs = grid.runs.copy()
-    runs.loc[0, F.RUN_NAME] = "<script>alert(1)</script>"
+    runs.loc[0, F.RUN_NAME] = HOSTILE
     grid.runs = runs
-    grid.params["<i>param</i>"] = '"quoted" & <tag>'
-    grid.spikes["series"] = "<svg onload=alert(1)>"
-    write_dashboard(grid, tmp_path)
-    pages = [tmp_path / "index.html", tmp_path / "spikes.html", *sorted((tmp_path / "runs").glob("*.html"))]
-    assert len(pages) == 4
-    for path in pages:
-        raw = path.read_text()
-        for bad in ("<script", "<img", "<svg onload", "<i>param", "<b>grid", "<tag>"):
-            assert bad not in raw, (path.name, bad)
-        doc = Doc(raw)
-        assert not {t for t, _ in doc.tags} & {"script", "img", "iframe", "object"}
-        assert not any(k.startswith("on") for _, a in doc.tags for k in a)
-        text = "".join(doc.text)
-        assert "<b>grid</b> & co" in text  # rendered as text
-    rid = runs.loc[0, F.RUN_ID]
-    run_page = (tmp_path / "runs" / run_page_names([rid])[rid]).read_text()
-    text = "".join(Doc(run_page).text)
-    assert "<script>alert(1)</script>" in text and "<i>param</i>" in text and '"quoted" & <tag>' in text
-    assert "<svg onload=alert(1)>" in text
-    assert '"><img src=x onerror=alert(1)>' in "".join(Doc((tmp_path / "index.html").read_text()).text)
+    grid.params["<i>param</i>"] = '"quoted" & <tag> \u2028'
+    return grid
 
 
-def test_run_page_names_cannot_escape_out_dir(tmp_path):
-    ids = ["../../x", "a/b", "a_b", "", ".hidden", "..", "A", "a", "ok-1.2_x", "x" * 300, "C:\\evil"]
-    names = run_page_names(ids)
-    assert len(set(n.lower() for n in names.values())) == len(ids)
-    for name in names.values():
-        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.html", name) and len(name) < 110
-    assert names["ok-1.2_x"] == "ok-1.2_x.html" and names["a_b"] == "a_b.html"
-    grid = synthetic_grid(arms=("a",), seeds=(0, 1), steps=30)
-    runs = grid.runs.copy()
-    runs[F.RUN_ID] = ["../../x", "../../../etc/evil"]
-    grid.runs = runs
-    out = tmp_path / "deep" / "out"
-    write_dashboard(grid, out)
-    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert all(p.startswith("deep/out/") for p in written) and len(written) == 4
-    hrefs = [a["href"] for t, a in Doc((out / "index.html").read_text()).tags if t == "a" and "cell" in
-             (a.get("class") or "")]
-    assert len(hrefs) == 2 and all((out / h).resolve().parent == (out / "runs").resolve() for h in hrefs)
+def test_static_export_is_json_data_under_a_csp_never_markup(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "old.html").write_text("old")
+    (tmp_path / "spikes.html").write_text("old")
+    index = write_dashboard(hostile_grid(), tmp_path)
+    raw = index.read_text()
+    assert HOSTILE not in raw and "<img" not in raw and "<b>grid" not in raw and "<tag>" not in raw
+    doc = Scripts(raw)
+    assert set(doc.tags) <= {"html", "head", "meta", "title", "link", "body", "div", "p", "script"}
+    src = [a["src"] for a, _ in doc.scripts if "src" in a]
+    data = [(a, t) for a, t in doc.scripts if "src" not in a]
+    assert src == ["assets/uPlot.iife.min.js", "assets/app.js"]
+    assert [a.get("type") for a, _ in data] == ["application/json", "application/json"]
+    assert {"http-equiv": "Content-Security-Policy", "content": CSP} in doc.metas
+    assert "script-src 'self'" in CSP and "unsafe-inline" not in CSP and "default-src 'none'" in CSP
+    payload = json.loads(data[1][1])
+    ov = payload["overview"]
+    assert ov["name"] == "<b>grid</b> & co" and ov["baseline"] == HOSTILE
+    assert ov["runs"][0]["name"] == HOSTILE
+    assert ov["runs"][0]["params"]["<i>param</i>"] == '"quoted" & <tag> \u2028'
+    assert {s[1] for s in payload["series"]} >= {M.TRAIN_LOSS, M.GRAD_NORM}
+    assert sorted(p.name for p in (tmp_path / "assets").iterdir()) == sorted(
+        ["app.css", "app.js", "LICENSE.uPlot.txt", "uPlot.iife.min.js", "uPlot.min.css"])
+    assert "MIT License" in (tmp_path / "assets" / "LICENSE.uPlot.txt").read_text()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "spikes.html").exists()
 
 
-def test_empty_grid_and_orphan_spikes(tmp_path):
-    row = {F.RUN_ID: "gone", "step": 5, "series": "train/loss@olmo2", "value": 1.0, "sigma": 9.0, "mean": 0.0,
-           "std": 1.0, "leading_layer": pd.NA, "leading_sigma": np.nan, "attn_logit_rising": pd.NA,
-           "log_z_rising": pd.NA}
-    orphan = pd.DataFrame([row], columns=list(F.SPIKE_COLUMNS))
-    write_dashboard(F.GridData("empty", F.empty_runs(), spikes=orphan), tmp_path)
-    assert "runs 0" in (tmp_path / "index.html").read_text()
-    gallery = (tmp_path / "spikes.html").read_text()
-    assert gallery.count('<figure class="spike"') == 1 and "no data" in gallery
-    assert 'href="runs/' not in gallery
-    assert list((tmp_path / "runs").iterdir()) == []
+def test_static_export_thins_long_series_and_keeps_full_windows_around_spikes(tmp_path):
+    grid = synthetic_grid(arms=("a", "b"), seeds=(0,), steps=5000, spike_steps={("a", 0, LR): [2500]})
+    raw = write_dashboard(grid, tmp_path, window=20, max_points=40_000).read_text()
+    payload = json.loads(Scripts(raw).scripts[1][1])
+    series = {(r, m): (x, y) for r, m, x, y in payload["series"]}
+    x, y = series[("r000_a", M.GRAD_NORM)]
+    buckets = max(200, min(2000, 40_000 // (2 * len(series))))  # the budget shared by every series
+    assert 200 < buckets < 2500 and len(x) <= 2 * buckets + 2 and 2500 in x  # thinned, spike kept
+    full = grid.series[(grid.series[F.RUN_ID] == "r000_a") & (grid.series["metric"] == M.GRAD_NORM)]
+    assert max(y) == pytest.approx(full["value"].max(), rel=1e-6)
+    windows = {(r, m): (x, y) for r, m, x, y in payload["windows"]}
+    wx, wy = windows[("r000_a", M.GRAD_NORM)]
+    assert wx == list(range(2460, 2541))  # +- 2 x window, every step
+    assert ("r000_a", M.layer_key(M.GRAD_NORM, 1)) in windows
+    assert ("r000_a", M.PARAM_NORM_EMBED) not in windows
+    assert ("r010_b", M.GRAD_NORM) not in windows  # no event in that run
 
 
-def test_downsample_keeps_extremes_spikes_and_gaps():
-    x = np.arange(5000.0)
-    y = np.sin(x / 300.0)
-    y[1234] = 9.0
-    y[3000:3005] = np.nan
-    y[4321] = -7.0
-    xs, ys = svg.downsample(x, y, 600, keep_x=[777.0, 1234.0])
-    assert xs.size <= 606 and np.all(np.diff(xs) > 0)
-    assert {0.0, 777.0, 1234.0, 4321.0, 4999.0} <= set(xs.tolist())
-    assert np.isnan(ys[xs == 3000.0]).all() and (xs == 3000.0).any()
-    assert np.nanmax(ys) == 9.0 and np.nanmin(ys) == -7.0
-    small = svg.downsample(x[:100], y[:100], 600)
-    assert small[0].size == 100
+# ------------------------------------------------------------------------------------ server
+def get(url: str, host: str | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
 
 
-def test_line_chart_geometry_log_axis_and_markers():
-    x = np.arange(101.0)
-    chart = svg.line_chart([svg.Series("a", x, 10 ** (x / 50)), svg.Series("b <&>", x, np.full(101, 2.0))],
-                           title="t", width=400, height=200, log_y=True,
-                           markers=[svg.Marker(25, "spike <1>"), svg.Marker(80, "div", "diverged"),
-                                    svg.Marker(500, "outside")])
-    x0, x1, left, width = svg_geometry(chart)
-    assert (x0, x1) == (0, 100)
-    pattern = r'class="marker spike" data-x="25"><title>spike &lt;1&gt;</title><line x1="([\d.]+)"'
-    spike = float(re.search(pattern, chart).group(1))
-    assert spike == pytest.approx(left + 0.25 * width, abs=0.06)
-    assert 'class="marker diverged" data-x="80"' in chart and 'data-x="500"' not in chart
-    assert "b &lt;&amp;&gt;" in chart and ">10<" in chart and ">100<" in chart  # legend, log ticks
-    pts = path_points(chart, "a")
-    fit = np.polyval(np.polyfit(pts[:, 0], pts[:, 1], 1), pts[:, 0])
-    assert np.abs(fit - pts[:, 1]).max() < 0.1  # an exponential is a straight line on a log axis
-    empty = svg.line_chart([svg.Series("none", np.array([]), np.array([]))], title="empty")
-    assert "no data" in empty
-    assert svg.nice_ticks(0, 199, 5) == [0, 50, 100, 150] and svg.fmt_tick(20000) == "20k"
+def chart_url(base: str, **q) -> str:
+    return base + "api/chart?q=" + urllib.parse.quote(json.dumps(q))
 
 
-def test_atomic_write_never_leaves_partial_files(tmp_path, monkeypatch):
-    target = tmp_path / "index.html"
-    atomic_write(target, "old")
-
-    def boom(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr("reports.dashboard.os.replace", boom)
-    with pytest.raises(OSError):
-        atomic_write(target, "new" * 1000)
-    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["index.html"]
-
-
-def test_pages_are_self_contained_and_live_only_with_refresh(dash, tmp_path):
-    grid, out = dash
-    pages = [out / "index.html", out / "spikes.html", *sorted((out / "runs").glob("*.html"))]
-    assert len(pages) == 11
-    for path in pages:
-        raw = path.read_text()
-        doc = Doc(raw)
-        refs = [a.get(k) or "" for _, a in doc.tags for k in ("src", "href") if k in a]
-        assert not [r for r in refs if re.match(r"(https?:)?//", r)]
-        assert "<script" not in raw and 'http-equiv="refresh"' not in raw and "@import" not in raw
-    write_dashboard(grid, tmp_path, refresh_s=7)
-    for path in [tmp_path / "index.html", tmp_path / "spikes.html", *(tmp_path / "runs").glob("*.html")]:
-        assert '<meta http-equiv="refresh" content="7">' in path.read_text()
-
-
-def _labels(labels: list, codes: np.ndarray) -> pd.Series:
-    """`labels[codes]` as an object column (building pandas' default str dtype takes seconds)."""
-    return pd.Series(np.array(labels, dtype=object)[codes], dtype=object)
-
-
-def _fast_big_grid(n_runs: int = 64, steps: int = 5000, n_layers: int = 4) -> F.GridData:
-    """64 runs x 5000 steps built with numpy (the factory is too slow for this size)."""
-    rng = np.random.default_rng(0)
-    rids = [f"run{i:02d}" for i in range(n_runs)]
-    metrics = [M.TRAIN_LOSS, M.GRAD_NORM, M.LOGITS_LOG_Z_MEAN, M.EVAL_LOSS, M.TRAIN_LR,
-               *[M.layer_key(M.ATTN_LOGIT_MAX, i) for i in range(n_layers)]]
-    # series: run-major, then metric, then step
-    run_i, metric_i, step = (a.ravel() for a in np.indices((n_runs, len(metrics), steps)))
-    series = pd.DataFrame({F.RUN_ID: _labels(rids, run_i), "step": step, "metric": _labels(metrics, metric_i),
-                           "value": 3 + rng.random(step.size)})
-    keys = [(M.GRAD_NORM, -1), (M.UPDATE_RMS, -1), (M.ACT_RMS, -1),
-            (M.ATTN_LOGIT_MAX, 0), (M.ATTN_LOGIT_MAX, 1)]
-    run_i, key_i, layer, step = (a.ravel() for a in np.indices((n_runs, len(keys), n_layers, steps)))
-    names = list(dict.fromkeys(k for k, _ in keys))
-    dense = pd.DataFrame({F.RUN_ID: _labels(rids, run_i), "step": step,
-                          "key": _labels(names, np.array([names.index(k) for k, _ in keys])[key_i]),
-                          "layer": layer,
-                          "head": np.array([h for _, h in keys])[key_i], "value": rng.random(step.size)})
-    spikes = pd.DataFrame([{F.RUN_ID: r, "step": st, "series": "grad/norm@olmo2", "value": 9.0, "sigma": 8.0,
-                            "mean": 1.0, "std": 1.0, "leading_layer": 2, "leading_sigma": 9.0,
-                            "attn_logit_rising": False, "log_z_rising": True}
-                           for r in rids[::4] for st in (1111, 3333)], columns=list(F.SPIKE_COLUMNS))
-    runs = F.typed_runs(pd.DataFrame({
-        F.RUN_ID: rids, F.RUN_NAME: rids, F.ARM: [f"arm{i % 8}" for i in range(n_runs)],
-        F.SEED: [i // 8 for i in range(n_runs)], F.LR: LR, F.STATUS: "finished", F.LAST_STEP: steps - 1,
-        F.SPIKE_SCORE_GRAD_NORM: rng.random(n_runs)}))
-    return F.GridData("big", runs, series, dense, spikes, pd.DataFrame({"a": range(n_runs)}, index=rids))
+def test_server_endpoints_headers_and_refusals():
+    grid = spiky_grid()
+    with DashboardServer(lambda: grid, poll_s=60) as server:
+        base = server.url
+        assert base.startswith("http://127.0.0.1:")
+        code, headers, body = get(base)
+        assert code == 200 and headers["Content-Security-Policy"].startswith(CSP)
+        assert headers["X-Content-Type-Options"] == "nosniff" and b'"mode":"live"' in body
+        code, _, body = get(base + "api/overview")
+        ov = json.loads(body)
+        assert ov["version"] == 1 and len(ov["runs"]) == 9
+        assert json.loads(get(base + "api/overview?v=1")[2]) == {"version": 1, "unchanged": True}
+        # a raw window: the values as logged
+        q = {"x0": 55, "x1": 65, "px": 400, "traces": [{"runs": ["r100_no_qk_norm"], "metric": M.GRAD_NORM}]}
+        cols = json.loads(get(chart_url(base, **q))[2])
+        s = grid.series
+        ref = s[(s[F.RUN_ID] == "r100_no_qk_norm") & (s["metric"] == M.GRAD_NORM)]
+        ref = ref[(ref["step"] >= 55) & (ref["step"] <= 65)]
+        assert cols["raw"] and cols["x"] == ref["step"].tolist()
+        np.testing.assert_allclose(cols["traces"][0]["y"], ref["value"], rtol=1e-4)
+        group = {"x0": 0, "x1": 199, "px": 400,
+                 "traces": [{"runs": g["runs"], "metric": M.TRAIN_LOSS, "group": True} for g in ov["groups"]]}
+        cols = json.loads(get(chart_url(base, **group))[2])
+        assert set(cols["traces"][0]) == {"y", "lo", "hi"}
+        assert all(lo <= y <= hi for lo, y, hi in zip(cols["traces"][1]["lo"], cols["traces"][1]["y"],
+                                                      cols["traces"][1]["hi"]) if y is not None)
+        assert get(base + "assets/app.js")[1]["Content-Type"].startswith("text/javascript")
+        for bad in ("assets/../serve.py", "assets/%2e%2e/serve.py", "reports/serve.py", "api/nope", "x"):
+            assert get(base + bad)[0] == 404, bad
+        for q in ("{", json.dumps({"x0": 0, "x1": float("nan"), "traces": []}).replace("NaN", '"nan"'),
+                  json.dumps({"x0": 5, "x1": 1, "traces": []}), json.dumps({"traces": [{"runs": "r1"}]}),
+                  json.dumps({"px": 10**6, "traces": []})):
+            assert get(base + "api/chart?q=" + urllib.parse.quote(q))[0] == 400, q
+        assert get(base, host=f"evil.example:{server.port}")[0] == 421  # DNS rebinding
+        assert get(base, host=f"localhost:{server.port}")[0] == 200
 
 
-def test_large_grid_writes_in_seconds_with_bounded_svg(tmp_path):
-    grid = _fast_big_grid()
-    start = time.process_time()  # CPU time: robust to a busy test machine
-    write_dashboard(grid, tmp_path)
-    elapsed = time.process_time() - start
-    assert elapsed < 10.0, f"64 x 5000 dashboard took {elapsed:.1f} s of CPU"
-    page = (tmp_path / "runs" / "run00.html").read_text()
-    for chart in charts(page):
-        for d in re.findall(r'class="series" data-label="[^"]*" d="([^"]*)"', chart):
-            assert 100 < d.count("L") + d.count("M") <= 605
-        x0, x1, left, width = svg_geometry(chart)
-        assert (x0, x1) == (0, 4999)
-    assert len(re.findall(r'<figure class="spike"', (tmp_path / "spikes.html").read_text())) == 32
-    assert len(list((tmp_path / "runs").glob("*.html"))) == 64
-
-
-def _status_flipping_build(running_builds: int):
-    grid = synthetic_grid(arms=("olmo2", "no_qk_norm"), seeds=(0,), steps=40)
+def _flip(grid: F.GridData, running_for: int):
     calls = []
 
     def build() -> F.GridData:
         calls.append(time.monotonic())
-        g = F.GridData(grid.name, grid.runs.copy(), grid.series, grid.dense, grid.spikes, grid.params,
-                       grid.baseline)
-        if len(calls) <= running_builds:
-            g.runs.loc[1, F.STATUS] = "running"
-        return g
+        runs = grid.runs.copy()
+        if len(calls) <= running_for:
+            runs.loc[1, F.STATUS] = "running"
+        return F.GridData(grid.name, runs, grid.series, grid.dense, grid.spikes, grid.params, grid.baseline)
 
     return build, calls
 
 
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        assert r.status == 200
-        return r.read().decode()
+def test_server_reloads_when_the_probe_changes_and_keeps_serving_through_a_failing_build(capsys):
+    grid = synthetic_grid(arms=("olmo2", "no_qk_norm"), seeds=(0,), steps=40)
+    build, calls = _flip(grid, running_for=1)
+    seen = {"fp": 0, "fail": False}
 
+    def flaky() -> F.GridData:
+        if seen["fail"]:
+            seen["fail"] = False
+            raise RuntimeError("store busy")
+        return build()
 
-def test_serve_rebuilds_while_running_then_stops(tmp_path):
-    build, calls = _status_flipping_build(running_builds=3)
-    urls: list[str] = []
-    stop = threading.Event()
-    thread = threading.Thread(target=serve_dashboard, args=(build, tmp_path),
-                              kwargs={"refresh_s": 0.2, "stop": stop, "on_url": urls.append})
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not urls and time.monotonic() < deadline:
+    with DashboardServer(flaky, poll_s=0.05, probe=lambda: seen["fp"]) as server:
+        assert server.data.overview["live"] and server.version == 1
+        time.sleep(0.3)
+        assert len(calls) == 1  # the probe says nothing changed: no reload
+        seen["fail"], seen["fp"] = True, 1
+        deadline = time.monotonic() + 10
+        while server.version < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        url = urls[0]
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/index\.html", url)
-        first = _get(url)
-        assert "running @ 39" in first and 'http-equiv="refresh" content="0.2"' in first
-        while len(calls) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.1)
-        final = _get(url)
-        assert "running @" not in final and "finished 2" in final and "http-equiv" not in final
-        n = len(calls)
-        time.sleep(0.6)
-        assert len(calls) == n == 4  # nothing running: no more rebuilds
-        base = url.rsplit("/", 1)[0]
-        assert "spike gallery" in _get(f"{base}/spikes.html")
-        assert "synthetic/no_qk_norm/s0" in _get(f"{base}/runs/r100_no_qk_norm.html")
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
-    with pytest.raises(OSError):
-        urllib.request.urlopen(url, timeout=2)
+        assert server.version == 2 and not server.data.overview["live"]  # the failed reload was retried
+        assert json.loads(get(server.url + "api/overview?v=1")[2])["version"] == 2
+    assert "store busy" in capsys.readouterr().err
 
 
 @pytest.fixture
 def ctrl_c_handler():
-    """Python's own Ctrl-C handler for the test: a background job (`cmd &` in a script, CI)
-    starts with SIGINT ignored, and then interrupt_main does nothing."""
+    """Python's own Ctrl-C handler for the test (a background job starts with SIGINT ignored)."""
     import signal
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -395,77 +322,65 @@ def ctrl_c_handler():
     signal.signal(signal.SIGINT, previous)
 
 
-def test_serve_stops_cleanly_on_ctrl_c(tmp_path, ctrl_c_handler):
-    build, calls = _status_flipping_build(running_builds=10**6)
+def test_serve_dashboard_stops_cleanly_on_ctrl_c_and_on_stop(ctrl_c_handler):
+    grid = synthetic_grid(arms=("a",), seeds=(0,), steps=20)
     urls: list[str] = []
 
     def ready(url: str) -> None:
         urls.append(url)
-        assert "running @" in _get(url)
+        assert get(url)[0] == 200
         threading.Timer(0.2, _thread.interrupt_main).start()  # what Ctrl-C does
 
-    url = serve_dashboard(build, tmp_path, refresh_s=0.1, on_url=ready)
+    url = serve_dashboard(lambda: grid, poll_s=0.05, on_url=ready)
     assert url == urls[0]
-    n = len(calls)
-    time.sleep(0.3)
-    assert len(calls) == n  # the rebuild thread is gone
     assert not [t for t in threading.enumerate() if t.name.startswith("dashboard-")]
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve_dashboard, args=(lambda: grid,),
+                              kwargs={"stop": stop, "on_url": urls.append})
+    thread.start()
+    while len(urls) < 2:
+        time.sleep(0.02)
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
 
 
-def test_dashboard_server_survives_a_failing_build(tmp_path, capsys):
-    build, calls = _status_flipping_build(running_builds=10**6)
-    failing = {"n": 0}
+# ------------------------------------------------------------------------------------ real store, CLI
+def test_cli_export_and_serve_on_a_store_moved_from_another_machine(tmp_path, template, capsys):
+    from stability.cli import main
 
-    def flaky() -> F.GridData:
-        failing["n"] += 1
-        if failing["n"] == 2:
-            raise RuntimeError("store busy")
-        return build()
+    store = Store(tmp_path / "written", template)
+    parent = store.grid_parent("a")
+    for arm in ("a", "b"):
+        for seed in (0, 1):
+            store.add_run(f"g/{arm}/s{seed}", arm=arm, seed=seed, parent=parent,
+                          spikes=((20, "grad/norm@olmo2"), (20, "grad/norm@online")) if arm == "b" else ())
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "written", moved)  # artifact paths recorded under written/ are gone now
+    uri = f"sqlite:///{moved / 'mlflow.db'}"
+    out = tmp_path / "dash"
+    assert main(["dashboard", "dash-exp", "--tracking-uri", uri, "--out", str(out), "--no-attach"]) == 0
+    assert "dashboard: file://" in capsys.readouterr().out
+    payload = json.loads(Scripts((out / "index.html").read_text()).scripts[1][1])
+    assert len(payload["overview"]["events"]) == 2  # spikes.csv re-rooted beside the moved store
+    assert payload["overview"]["is_grid"] and payload["overview"]["baseline"] == "a"
 
-    with DashboardServer(flaky, tmp_path, refresh_s=0.05) as server:
-        while server.builds < 3:
-            time.sleep(0.02)
-        assert "running @" in _get(server.url)
-    assert "store busy" in capsys.readouterr().err
+    from reports.load import load_grid
 
+    digest = hashlib.sha256((moved / "mlflow.db").read_bytes()).hexdigest()
+    with DashboardServer(lambda: load_grid("dash-exp", uri), poll_s=0.1,
+                         probe=mlflow_probe(uri, "dash-exp")) as server:
+        ov = json.loads(get(server.url + "api/overview")[2])
+        assert len(ov["runs"]) == 4 and len(ov["events"]) == 2 and ov["version"] == 1
+        time.sleep(0.4)
+        assert server.version == 1  # nothing written: no reload
+    assert hashlib.sha256((moved / "mlflow.db").read_bytes()).hexdigest() == digest  # read only
 
-def test_headless_chromium_renders_pages(dash, tmp_path):
-    browser, why = chromium.ensure_chromium()
-    if browser is None:
-        pytest.skip(f"headless Chromium not available: {why}")
-    plt_image = pytest.importorskip("matplotlib.image")
-    _, out = dash
-    # the console check is live: a page with a JS error must be caught
-    bad = tmp_path / "bad.html"
-    bad.write_text("<html><body><p>x</p><script>undefinedFunction()</script></body></html>")
-    pages = {"index.html": 0, "runs/r100_no_qk_norm.html": 4, "spikes.html": 9}
-    urls = [bad.as_uri(), *[(out / p).as_uri() for p in pages]]
-    shots = [tmp_path / f"shot{i}.png" for i in range(len(urls))]
-    with ThreadPoolExecutor(len(urls)) as pool:  # one browser per page, side by side
-        bad_res, *results = pool.map(lambda a: chromium.render(browser, *a), zip(urls, shots))
-    assert any("Uncaught ReferenceError" in ln for ln in bad_res.console), bad_res.stderr[-2000:]
-    for (page, n_svg), res, shot in zip(pages.items(), results, shots[1:]):
-        assert res.returncode == 0, res.stderr[-2000:]
-        assert res.console == [], res.console
-        assert res.dom.count("<svg") == n_svg and "</html>" in res.dom
-        assert shot.is_file() and shot.stat().st_size > 5000
-        img = plt_image.imread(shot)
-        assert img.shape[:2] == (1000, 1400)
-        rgb = (img[..., :3] * 255).astype(np.uint32)
-        colours = np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2])
-        assert len(colours) > 50, f"{page}: screenshot looks blank ({len(colours)} colours)"
-        non_bg = (np.abs(img[..., :3] - img[0, -1, :3]).sum(axis=-1) > 0.1).mean()
-        assert non_bg > 0.02, page
+    parser_args = ["dashboard", "x", "--serve", "--refresh", "3", "--host", "127.0.0.1", "--port", "0"]
+    from stability.cli import build_parser
 
-
-def test_an_isolated_point_is_drawn_as_a_dot():
-    """A path draws nothing for a lone point (one eval, one attention probe): it gets a circle."""
-    import numpy as np
-
-    from reports.svg import Series, line_chart
-
-    svg = line_chart([Series("eval/loss", np.array([0.0, 5.0, 9.0]), np.array([np.nan, 4.5, np.nan])),
-                      Series("train/loss", np.arange(10.0), np.linspace(7, 4, 10))])
-    assert svg.count('<circle class="point"') == 1
+    ns = build_parser().parse_args(parser_args)
+    assert ns.poll == 3.0 and ns.serve and ns.host == "127.0.0.1"
+    assert build_parser().parse_args(["dashboard", "x"]).poll == 2.0
