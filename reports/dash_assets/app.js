@@ -204,6 +204,13 @@
     ready: false, firstChart: null, version: 0, errors: [],
     hover: { event: 0, done: 0, painted: 0 },
     panels: () => (S.view ? S.view.panels().map((p) => p.info()) : []),
+    // where a step is on the i-th chart, in viewport pixels (scrolled into view): for tests and benchmarks
+    point: (i, step, frac) => {
+      const p = S.view.panels()[i];
+      p.el.scrollIntoView({ block: "center" });
+      const r = p.u.over.getBoundingClientRect();
+      return { x: r.left + p.u.valToPos(step, "x"), y: r.top + r.height * (frac === undefined ? 0.5 : frac) };
+    },
   });
   on(document, "mousemove", (e) => { DASH.hover.event = e.timeStamp; }, { capture: true, passive: true });
 

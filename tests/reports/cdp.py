@@ -183,9 +183,11 @@ class Page:
         return self.browser.send(method, params, self.session, timeout)
 
     def goto(self, url: str, timeout: float = 30) -> None:
-        """Navigate and wait for the load event."""
+        """Navigate and wait for the load event (none comes for a change of the #fragment only:
+        CDP answers such a same-document navigation without a loaderId)."""
         self._loaded.clear()
-        self.send("Page.navigate", {"url": url})
+        if "loaderId" not in self.send("Page.navigate", {"url": url}):
+            return
         if not self._loaded.wait(timeout):
             raise CDPError(f"{url}: no load event within {timeout} s")
 

@@ -61,6 +61,7 @@ class Store:
         rid = self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
         self.client.log_batch(rid, params=[_param("optim.lr", str(lr)), _param("train.seed", str(seed))])
         self.log_points(rid, 0, steps, seed=seed, layers=layers)
+        self.client.log_text(rid, f"[train]\nseed = {seed}\n", "config.toml")  # as the trainer does
         if spikes:
             events = [SpikeEvent(step=st, series=series, value=9.0, sigma=8.0 + i, mean=1.0, std=1.0,
                                  leading_layer=1, leading_sigma=9.0, attn_logit_rising=True,

@@ -12,7 +12,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ from reports.serve import DashboardServer, mlflow_probe, serve_dashboard
 from reports.stats import compare_arms
 from stability import metric_names as M
 from tests.reports.factories import synthetic_grid
-from tests.reports.mlflow_store import Store, template_db
+from tests.reports.mlflow_store import Store
 
 LR = 3e-3
 HOSTILE = "</script><img src=x onerror=alert(1)>"
@@ -73,11 +72,6 @@ def with_extra_rules(grid: F.GridData) -> F.GridData:
 def spiky_grid() -> F.GridData:
     spikes = {("no_qk_norm", 0, LR): [60, 120], ("olmo0424", 2, LR): [90]}
     return with_extra_rules(synthetic_grid(diverged={("no_qk_norm", 1, LR): 150}, spike_steps=spikes))
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    return template_db(tmp_path_factory.mktemp("template"))
 
 
 # ------------------------------------------------------------------------------------ data
@@ -348,10 +342,10 @@ def test_serve_dashboard_stops_cleanly_on_ctrl_c_and_on_stop(ctrl_c_handler):
 
 
 # ------------------------------------------------------------------------------------ real store, CLI
-def test_cli_export_and_serve_on_a_store_moved_from_another_machine(tmp_path, template, capsys):
+def test_cli_export_and_serve_on_a_store_moved_from_another_machine(tmp_path, mlflow_template, capsys):
     from stability.cli import main
 
-    store = Store(tmp_path / "written", template)
+    store = Store(tmp_path / "written", mlflow_template)
     parent = store.grid_parent("a")
     for arm in ("a", "b"):
         for seed in (0, 1):
