@@ -539,8 +539,11 @@
           let v = t.y[j];
           if (!cols.raw) { const w = t.y[j + 1]; v = v === null ? w : w === null ? v : Math.max(v, w); }
           if (v === null || !(v > 0)) continue;
-          const xa = cols.raw ? cols.x[j] - 0.5 : cols.x0 + (j / 2) * cols.bucket;
-          const xb = cols.raw ? cols.x[j] + 0.5 : xa + cols.bucket;
+          // raw: a cell reaches half-way to its neighbours (probes log every few steps)
+          const prev = j > 0 ? cols.x[j - 1] : cols.x[j] - (n > 1 ? cols.x[1] - cols.x[0] : 1);
+          const next = j < n - 1 ? cols.x[j + 1] : cols.x[j] + (n > 1 ? cols.x[n - 1] - cols.x[n - 2] : 1);
+          const xa = cols.raw ? (prev + cols.x[j]) / 2 : cols.x0 + (j / 2) * cols.bucket;
+          const xb = cols.raw ? (cols.x[j] + next) / 2 : xa + cols.bucket;
           const pa = left + ((xa - x0) / (x1 - x0)) * pw, pb = left + ((xb - x0) / (x1 - x0)) * pw;
           ctx.fillStyle = rgb(lerp(VIRIDIS, hi > lo ? (Math.log10(v) - lo) / (hi - lo) : 0.5));
           ctx.fillRect(Math.floor(pa), li * rowH, Math.max(1, Math.ceil(pb - pa)), rowH - 1);
@@ -792,7 +795,7 @@
         const entry = entryOf(metric);
         if (!entry) continue;
         const layer = ws.layers[metric] || (entry.total ? "total" : entry.layers.length ? "all" : "total");
-        const keys = layer === "all" && entry.layers.length ? entry.layers.map((l) => [layerKey(metric, l), `${metric} · layer ${l}`])
+        const keys = layer === "all" && entry.layers.length ? entry.layers.map((l) => [layerKey(metric, l), `layer ${l}`])
           : [[layer === "total" || !entry.layers.length ? metric : layerKey(metric, layer), layer === "total" || !entry.layers.length ? metric : `${metric} · layer ${layer}`]];
         const log = ws.log[metric] !== undefined ? ws.log[metric] : isLogDefault(metric);
         for (const [key, title] of keys) {
@@ -812,7 +815,7 @@
     }
     controlsFor(spec) {
       const ws = S.ws, metric = spec.metric, entry = spec.entry, box = h("span", { class: "chart-ctl" });
-      if (entry.layers.length && (!spec.small || spec.title.endsWith("layer " + entry.layers[0]))) {
+      if (entry.layers.length) {
         const sel = h("select", { class: "layer", "aria-label": "layer" },
           entry.total ? h("option", { value: "total", text: "total" }) : null,
           h("option", { value: "all", text: "all layers (small multiples)" }),
@@ -847,7 +850,7 @@
           if (changedRuns && spec.traces.some((t) => t.runs.some((r) => changedRuns.has(r)))) p.load();
           else if (p.u) p.u.redraw(false);
         } else {
-          spec.controls = this.controlsFor(spec);
+          spec.controls = spec.small ? null : this.controlsFor(spec);
           p = new Panel(this.linker, spec);
           p.fresh = true;
         }
@@ -859,7 +862,11 @@
       let smallBox = null, lastMetric = null;
       for (const p of next) {
         if (p.spec.small) {
-          if (!smallBox || lastMetric !== p.spec.metric) { smallBox = h("div", { class: "multiples" }); this.grid.appendChild(h("div", { class: "chart-group" }, h("div", { class: "group-title", text: p.spec.metric + " per layer" }), smallBox)); }
+          if (!smallBox || lastMetric !== p.spec.metric) {
+            smallBox = h("div", { class: "multiples" });
+            const head = h("div", { class: "chart-head group-title" }, h("span", { class: "chart-title", text: p.spec.metric + " per layer" }), this.controlsFor(p.spec));
+            this.grid.appendChild(h("div", { class: "chart-group" }, head, smallBox));
+          }
           smallBox.appendChild(p.el);
         } else { smallBox = null; this.grid.appendChild(p.el); }
         lastMetric = p.spec.metric;
@@ -939,7 +946,8 @@
           h("span", { class: "help", text: "all charts share the step axis: drag to zoom, shift+drag to pan, double-click to reset" })),
         h("div", { class: "charts" }, panels.map((p) => p.el)), heat ? heat.el : null,
         h("h2", { text: `spike events (${events.length})` }), events.length ? eventsTable(events, false) : h("p", { text: "no spikes detected" }),
-        h("div", { class: "two" }, h("div", {}, h("h2", { text: "run" }), info), h("div", {}, h("h2", { text: "params" }), params)));
+        h("div", { class: "two" }, h("div", {}, h("h2", { text: "run" }), info),
+          h("details", { class: "params" }, h("summary", { text: `params (${Object.keys(run.params).length})` }), params)));
       this.linker.panels.forEach((p) => p.load());
     }
     refresh(changed) { if (changed.has(this.id)) this.render(); }
