@@ -338,6 +338,7 @@
         series, bands,
         cursor: {
           sync: { key: this.linker.key, setSeries: false },
+          y: false, // the charts' y scales differ: a synced horizontal line would mean nothing
           drag: { x: true, y: false, setScale: false }, // setSelect below zooms every linked chart
           points: { show: false },
           bind: {
@@ -444,9 +445,11 @@
         const row = this.rows[i];
         const j = nearest(u.data[mm.y], idx);
         row.val.textContent = j === null ? "—" : fmt(u.data[mm.y][j], 5);
-        if (mm.lo !== undefined && j !== null) row.extra.textContent = `[${fmt(u.data[mm.lo][j], 4)}, ${fmt(u.data[mm.hi][j], 4)}]`;
-        else if (mm.raw !== undefined && j !== null) row.extra.textContent = "raw " + fmt(u.data[mm.raw][j], 5);
-        else row.extra.textContent = "";
+        const parts = [];
+        if (mm.lo !== undefined && j !== null) parts.push(`[${fmt(u.data[mm.lo][j], 4)}, ${fmt(u.data[mm.hi][j], 4)}]`);
+        if (mm.raw !== undefined && j !== null) parts.push("raw " + fmt(u.data[mm.raw][j], 5));
+        if (j !== null && j !== idx && this.cols.raw) parts.push("@ step " + fmtStep(u.data[0][j])); // a sparser series
+        row.extra.textContent = parts.join(" ");
       });
       DASH.hover.done = performance.now();
       requestAnimationFrame(() => { DASH.hover.painted = performance.now(); });
@@ -839,6 +842,7 @@
       const old = new Map(this.linker.panels.map((p) => [p.spec.key + JSON.stringify(p.spec.traces.map((t) => t.runs)), p]));
       const keep = new Set();
       const full = Math.max(1, ...S.ov.runs.map((r) => r.x_max || 0));
+      const grew = full !== this.linker.full[1];
       this.linker.full = [0, full];
       const next = [];
       for (const spec of specs) {
@@ -871,7 +875,10 @@
         } else { smallBox = null; this.grid.appendChild(p.el); }
         lastMetric = p.spec.metric;
       }
-      for (const p of next) if (p.fresh) { p.fresh = false; p.load(); }
+      for (const p of next) {
+        if (p.fresh) { p.fresh = false; p.load(); }
+        else if (grew && !this.linker.range) p.setRange(...this.linker.full); // one step axis for all
+      }
     }
     changed(controls = true) {
       wsToHash();
@@ -926,6 +933,7 @@
       const run = runById().get(this.id);
       this.root.textContent = "";
       if (!run) { this.root.append(header(), h("p", { text: "no such run in this experiment" })); this.linker = null; return; }
+      this.shape = shapeOf(run);
       const range = this.linker ? this.linker.range : null;
       if (this.linker) this.linker.panels.forEach((p) => p.destroy());
       this.linker = new Linker([0, Math.max(1, run.x_max || 0)]);
@@ -941,7 +949,7 @@
         ["status", run.status_text], ["last step", fmt(run.last_step)], ...Object.entries(run.summary).map(([k, v]) => [SUMMARY_LABELS[k] || k, fmt(v, 5)])], "info");
       const params = table(["param", "value"], Object.entries(run.params).map(([k, v]) => [k, fmt(v, 6)]), "params");
       this.root.append(header(run.name),
-        h("p", { class: "meta", text: `arm ${run.arm} · seed ${fmt(run.seed)} · lr ${fmt(run.lr)} · ${run.status_text} · ${events.length} spike events` }),
+        h("p", { class: "meta run-meta", text: runMeta(run) }),
         h("div", { class: "controls" }, add, on(h("button", { type: "button", id: "reset-zoom", text: "reset zoom" }), "click", () => this.linker.reset()),
           h("span", { class: "help", text: "all charts share the step axis: drag to zoom, shift+drag to pan, double-click to reset" })),
         h("div", { class: "charts" }, panels.map((p) => p.el)), heat ? heat.el : null,
@@ -950,10 +958,21 @@
           h("details", { class: "params" }, h("summary", { text: `params (${Object.keys(run.params).length})` }), params)));
       this.linker.panels.forEach((p) => p.load());
     }
-    refresh(changed) { if (changed.has(this.id)) this.render(); }
+    refresh(changed) {
+      if (!changed.has(this.id)) return;
+      const run = runById().get(this.id);
+      if (!run || !this.linker || shapeOf(run) !== this.shape) { this.render(); return; }
+      // same charts: new points only (a running run), no rebuild
+      this.linker.full = [0, Math.max(1, run.x_max || 0)];
+      this.root.replaceChild(header(run.name), this.root.querySelector("header"));
+      this.root.querySelector(".run-meta").textContent = runMeta(run);
+      this.panels().forEach((p) => { if (!this.linker.range) p.setRange(...this.linker.full); p.load(); });
+    }
     resize() { this.panels().forEach((p) => p.resize()); }
     destroy() { this.panels().forEach((p) => p.destroy()); }
   }
+  const shapeOf = (run) => `${run.metrics.join(",")}|${run.n_events}|${run.status}`;
+  const runMeta = (run) => `arm ${run.arm} · seed ${fmt(run.seed)} · lr ${fmt(run.lr)} · ${run.status_text} · ${run.n_events} spike events`;
 
   // ------------------------------------------------------------------------------ spikes
   class SpikesView {
@@ -1009,6 +1028,7 @@
       this.root.textContent = "";
       if (!run) { this.root.append(header(), h("p", { text: "no such run" })); return; }
       const w = S.spikeWindow || ov.window;
+      this.shape = shapeOf(run);
       if (this.linker) this.linker.panels.forEach((p) => p.destroy());
       this.linker = new Linker([this.step - w, this.step + w]);
       const panels = runCharts(this.linker, run, { lead: ev ? ev.leading_layer : null });
@@ -1029,7 +1049,12 @@
         h("div", { class: "charts" }, panels.map((p) => p.el)), heat ? heat.el : null);
       this.linker.panels.forEach((p) => p.load());
     }
-    refresh(changed) { if (changed.has(this.id)) this.render(); }
+    refresh(changed) {
+      if (!changed.has(this.id)) return;
+      const run = runById().get(this.id);
+      if (!run || !this.linker || shapeOf(run) !== this.shape) this.render();
+      else this.panels().forEach((p) => p.load()); // the window is fixed: new points only
+    }
     resize() { this.panels().forEach((p) => p.resize()); }
     destroy() { this.panels().forEach((p) => p.destroy()); }
   }

@@ -237,11 +237,19 @@ def test_a_run_started_while_serving_appears_without_a_reload(page, tmp_path, ml
         assert page.eval("window.__same_page") == 1  # no reload
         assert "running @ 19" in page.eval("document.querySelector('table.runs').innerText")
         when(page, "p[0].traces === 2", timeout=10)
-        store.log_points(rid, 20, 80, seed=1)  # the running run logs more steps
+        store.log_points(rid, 20, 60, seed=1)  # the running run logs more steps: every chart follows
+        when(page, "p.every(i => i.xmax === 59) && p[0].x.includes(59)", timeout=10)
+        # its run page, live: the charts get the new points in place
+        page.eval(f"location.hash = '#/run/{rid}'")
+        when(page, f"p.length && {LOADED} && p[0].xmax === 59")
+        page.eval("window.__chart = document.querySelector('.chart')")
+        store.log_points(rid, 60, 80, seed=1)
         when(page, "p[0].xmax === 79 && p[0].x.includes(79)", timeout=10)
+        assert page.eval("document.querySelector('.chart') === window.__chart")  # not rebuilt
+        assert "running @ 79" in page.eval("document.querySelector('.run-meta').textContent")
         store.client.set_tag(rid, "status", "finished")
         store.client.set_terminated(rid, "FINISHED")
-        page.wait_for("!document.querySelector('table.runs').innerText.includes('running')", timeout=10)
+        page.wait_for("document.querySelector('.run-meta').textContent.includes('finished')", timeout=10)
         assert page.eval("document.getElementById('live').textContent").startswith("watching")
         assert page.eval("window.__same_page") == 1 and page.errors == []
 
