@@ -160,6 +160,12 @@ def test_zoom_on_one_chart_moves_all_of_them(page, site):
     # refetched for the new range: the first chart now holds the points of 50..100 only
     infos = when(page, "p[0].x[0] >= 49")
     assert infos[0]["x"][0] >= 49 and infos[0]["x"][-1] <= 101
+    # shift+drag pans every chart: 20 steps to the right is the range 20 steps to the left
+    a, b = page.eval("__dash.point(1, 80)"), page.eval("__dash.point(1, 60)")
+    page.drag(a["x"], a["y"], b["x"], b["y"], modifiers=8)  # 8: shift
+    infos = when(page, "p.every(i => i.xmin > 60)")
+    for p in infos:
+        assert p["xmin"] == pytest.approx(70, abs=1) and p["xmax"] == pytest.approx(120, abs=1), p["title"]
     c = page.eval("__dash.point(2, 75)")
     page.click(c["x"], c["y"])  # a double click on another chart resets them all
     page.mouse("mousePressed", c["x"], c["y"], buttons=1, button="left", click_count=2)
@@ -252,6 +258,23 @@ def test_a_run_started_while_serving_appears_without_a_reload(page, tmp_path, ml
         page.wait_for("document.querySelector('.run-meta').textContent.includes('finished')", timeout=10)
         assert page.eval("document.getElementById('live').textContent").startswith("watching")
         assert page.eval("window.__same_page") == 1 and page.errors == []
+
+
+def test_finished_runs_are_not_refetched_while_the_overview_polls(page, site):
+    grid, _ = site
+    looks = {"n": 0}
+
+    def probe() -> int:  # the store "changes" at every look: a new version each poll
+        looks["n"] += 1
+        return looks["n"]
+
+    with DashboardServer(lambda: grid, poll_s=0.2, probe=probe) as server:
+        open_page(page, server.url)
+        charts = len([r for r in page.requests if "/api/chart" in r])
+        assert charts == len(page.eval("__dash.panels()"))
+        page.wait_for(f"__dash.version >= {page.eval('__dash.version') + 3}", timeout=10)
+        polls = [r for r in page.requests if "/api/overview" in r]
+        assert len(polls) >= 4 and len([r for r in page.requests if "/api/chart" in r]) == charts
 
 
 def test_static_and_served_pages_show_the_same_numbers(page, site, tmp_path):
