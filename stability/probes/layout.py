@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-PARTS = ("attn", "mlp", "norm")  # a block's parameters, split three ways
+from stability.probes.layer_map import PARTS, LayerMap, layer_map_for
 
 
 @dataclass
@@ -15,9 +15,9 @@ class ParamLayout:
     """Parameters in a fixed order and, per parameter, its group indices.
 
     Groups: `layer` in 0..L-1 for block parameters, L for the embedding, L + 1 for the LM head,
-    L + 2 for the final norm; `part` = layer * 3 + PARTS.index(kind) for block parameters, else
-    -1. Sums over groups are one `index_add_` of stacked per-tensor squares: no Python loops of
-    `.item()`, no host sync.
+    L + 2 for the rest (the final norm); `part` = layer * 3 + PARTS.index(kind) for block
+    parameters, else -1. Sums over groups are one `index_add_` of stacked per-tensor squares: no
+    Python loops of `.item()`, no host sync.
     """
 
     names: list[str]
@@ -50,29 +50,24 @@ class ParamLayout:
         return out.view(self.n_layers, 3)
 
 
-def _part_of(rest: str) -> str:
-    if rest.startswith("attn.") and "norm" not in rest:
-        return "attn"
-    if rest.startswith("mlp."):
-        return "mlp"
-    return "norm"  # attn_norm, mlp_norm, q_norm / k_norm (QK-norm scales count as norms)
+def param_layout(model: nn.Module, layer_map: LayerMap | None = None) -> ParamLayout:
+    """The layout of `model` as `layer_map` (by default the known map that describes it) sees it.
 
-
-def param_layout(model: nn.Module) -> ParamLayout:
-    """The layout of a `Transformer` (named `embed`, `blocks.{i}`, `final_norm`, `lm_head`)."""
-    n_layers = len(model.get_submodule("blocks"))
+    Parameters keep `named_parameters` order (tied weights appear once), which is also the order
+    the gradient clipping sums them in.
+    """
+    layer_map = layer_map or layer_map_for(model)
+    n_layers = len(layer_map.blocks_of(model))
+    outside = {"embed": n_layers, "head": n_layers + 1, "other": n_layers + 2}
     names, params, layers, parts = [], [], [], []
-    for name, p in model.named_parameters():  # tied weights appear once (as embed.weight)
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name.startswith("blocks."):
-            _, i, rest = name.split(".", 2)
-            layer = int(i)
-            part = layer * 3 + PARTS.index(_part_of(rest))
+        where = layer_map.locate(name)
+        if where.layer is None:
+            layer, part = outside[where.part], -1
         else:
-            top = name.split(".", 1)[0]
-            layer = {"embed": n_layers, "lm_head": n_layers + 1}.get(top, n_layers + 2)
-            part = -1
+            layer, part = where.layer, where.layer * 3 + PARTS.index(where.part)
         names.append(name)
         params.append(p)
         layers.append(layer)

@@ -1,6 +1,7 @@
 """On-device probe statistics: each function returns tensors and never syncs with the host.
 
-Named by `stability.metric_names` when read out (see `stability.probes.recorder`).
+Bound to the declared metrics in `stability.probes.compute`; named when read out
+(`stability.probes.recorder`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 
 from model.attention_backends import attention_logits
 from stability.distributed import local_tensor
+from stability.probes.layer_map import LayerMap, layer_map_for
 from stability.probes.layout import ParamLayout
 
 
@@ -87,29 +89,35 @@ def act_rms(hidden: list[torch.Tensor],
 
 @torch.no_grad()
 def attention_stats(model: nn.Module, input_ids: torch.Tensor, doc_ids: torch.Tensor | None,
-                    layers: list[int] | None = None) -> dict[str, torch.Tensor]:
+                    layers: list[int] | None = None, layer_map: LayerMap | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Per layer and head: max attention logit `<q,k>/sqrt(d_head)`, mean and min entropy of the
     attention rows, mean q and k norms — recomputed from each layer's actual q and k (after
     clip_qkv, QK-norm and RoPE) for `input_ids`, since fused kernels never expose the logits.
+    The blocks, their attention modules and q, k come from `layer_map` (by default the known map
+    that describes `model`).
 
     Returns tensors of shape [L, H] (L = len(layers), all layers by default): `logit_max`,
     `entropy_mean`, `entropy_min`, `q_norm`, `k_norm`.
     """
+    layer_map = layer_map or layer_map_for(model)
+    if layer_map.trunk is None or layer_map.qk is None:
+        raise ValueError(f"layer map {layer_map.name} has no q, k access: no attention probe")
+    blocks = layer_map.blocks_of(model)
     inputs: list[torch.Tensor] = []
-    hooks = [block.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
-             for block in model.blocks]
+    hooks = [layer_map.attn_of(block).register_forward_pre_hook(
+        lambda _m, args: inputs.append(args[0])) for block in blocks]
     try:
-        model.features(input_ids, doc_ids)
+        layer_map.trunk(model, input_ids, doc_ids)
     finally:
         for h in hooks:
             h.remove()
     out: dict[str, list[torch.Tensor]] = {k: [] for k in
                                           ("logit_max", "entropy_mean", "entropy_min", "q_norm",
                                            "k_norm")}
-    wanted = range(len(model.blocks)) if layers is None else layers
+    wanted = range(len(blocks)) if layers is None else layers
     for i in wanted:
-        block, x = model.blocks[i], inputs[i]
-        q, k = block.attn.project_qk(x)  # [B, T, H, hd], [B, T, Hkv, hd]
+        q, k = layer_map.qk(layer_map.attn_of(blocks[i]), inputs[i])  # [B, T, H, hd], [B, T, Hkv, hd]
         logits = attention_logits(q, k, doc_ids)  # [B, H, T, T] fp32, masked = -inf
         valid = torch.isfinite(logits)
         out["logit_max"].append(logits.amax(dim=(0, 2, 3)))
