@@ -1,105 +1,133 @@
-"""Probe rows: flatten named device tensors into one vector per step, and name them back on host.
+"""Probe rows: one flat device vector per row, laid out from the declarations of a cadence, and
+named back on the host (MLflow keys, dense series).
 
 The trainer appends one flat device vector per probe step; at a read-out all rows are stacked and
-copied to the host in one transfer, and `ProbeSpec.named` turns each row back into metric keys.
+copied to the host in one transfer. A row is built from values keyed by their declaration and
+checked by name and shape, so no value can land under another metric's key.
+
+Names, from the shape: a scalar is logged as its key; a per-layer metric as `key/layer_{i}` for
+the probed layers (every layer in the dense artifact, as `key` [layer]); a per-head metric as
+`key/layer_{i}` reduced over heads by its declared summary (dense: `key` [layer, head]).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from stability import metric_names as M
+from stability.probes.registry import Cadence, Dims, Metric, Registry, Shape
+
+SUMMARY = {"max": max, "min": min, "mean": lambda xs: sum(xs) / len(xs)}
 
 
 @dataclass(frozen=True)
 class Field:
-    """One named tensor of a row: `key` (per-layer keys get `/layer_{i}` appended)."""
+    """Where one metric's values sit in a row, and their shape there."""
 
-    key: str
-    size: int
-    per_layer: bool
+    metric: Metric
+    start: int
+    shape: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return self.metric.key
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.start + self.size)
 
 
 class ProbeSpec:
-    """The fixed layout of a row: an ordered list of fields."""
+    """The fixed layout of a row: its metrics in declaration order, at their shapes for `dims`."""
 
-    def __init__(self, fields: list[Field]) -> None:
-        self.fields = fields
-        self.width = sum(f.size for f in fields)
-
-    def flatten(self, *values: torch.Tensor) -> torch.Tensor:
-        """One float32 vector from device tensors given in field order."""
-        if len(values) != len(self.fields):
-            raise ValueError(f"expected {len(self.fields)} tensors, got {len(values)}")
-        return torch.cat([v.detach().float().reshape(-1) for v in values])
-
-    def named(self, row: list[float]) -> dict[str, float]:
-        """Metric key -> value for one host row."""
-        out: dict[str, float] = {}
+    def __init__(self, metrics: Sequence[Metric], dims: Dims) -> None:
+        self.dims = dims
+        self.fields: list[Field] = []
         pos = 0
+        for m in metrics:
+            self.fields.append(Field(m, pos, dims.shape_of(m)))
+            pos += self.fields[-1].size
+        self.width = pos
+        self.metrics = frozenset(f.metric for f in self.fields)
+        self._probed = frozenset(dims.layers)
+
+    @classmethod
+    def of(cls, registry: Registry, cadence: Cadence, dims: Dims) -> ProbeSpec:
+        """The row of `cadence`: every metric declared for it."""
+        return cls(registry.at(cadence), dims)
+
+    def flatten(self, values: Mapping[Metric, torch.Tensor]) -> torch.Tensor:
+        """One float32 vector from one device tensor per metric of the row, each of its shape."""
+        if values.keys() != self.metrics:
+            missing = sorted(f"{m.key} ({m.shape})" for m in self.metrics - values.keys())
+            extra = sorted(f"{m.key} ({m.shape})" for m in values.keys() - self.metrics)
+            raise ValueError(f"row values: missing {missing}, not in this row {extra}")
         for f in self.fields:
-            part = row[pos:pos + f.size]
-            pos += f.size
-            if f.per_layer:
-                out.update({M.layer_key(f.key, i): v for i, v in enumerate(part)})
-            else:
-                out[f.key] = part[0]
+            if values[f.metric].shape != f.shape:
+                raise ValueError(f"{f.key} ({f.metric.shape}): want shape {f.shape}, "
+                                 f"got {tuple(values[f.metric].shape)}")
+        return torch.cat([values[f.metric].detach().float().reshape(-1) for f in self.fields])
+
+    def field(self, key: str, shape: Shape | None = None) -> Field:
+        """The field of `key` (and `shape`, where the key has two in this row)."""
+        found = [f for f in self.fields if f.key == key and shape in (None, f.metric.shape)]
+        if len(found) != 1:
+            raise KeyError(f"{key!r}{f' ({shape})' if shape else ''}: {len(found)} fields in this row")
+        return found[0]
+
+    def slice(self, key: str, shape: Shape | None = None) -> slice:
+        """Where field `key` sits in a row."""
+        return self.field(key, shape).slice
+
+    def values(self, row: Sequence[float], key: str, shape: Shape | None = None) -> list[float]:
+        """One field's values of a host row, flat."""
+        return list(row[self.slice(key, shape)])
+
+    def named(self, row: Sequence[float]) -> dict[str, float]:
+        """Every MLflow key of a host row -> value, in field order."""
+        out: dict[str, float] = {}
+        for f in self.fields:
+            out.update(self._names(f, row[f.slice]))
         return out
 
-    def slice(self, key: str) -> slice:
-        """Where field `key` sits in a row."""
-        pos = 0
+    def scalars(self, row: Sequence[float]) -> dict[str, float]:
+        """MLflow key -> value of the row's scalar metrics."""
+        return {f.key: row[f.start] for f in self.fields if f.metric.shape is Shape.SCALAR}
+
+    def per_layer(self, row: Sequence[float]) -> dict[str, float]:
+        """MLflow keys of the probed layers -> value, of the per-layer and per-head metrics."""
+        out: dict[str, float] = {}
         for f in self.fields:
-            if f.key == key:
-                return slice(pos, pos + f.size)
-            pos += f.size
-        raise KeyError(key)
+            if f.metric.shape is not Shape.SCALAR:
+                out.update(self._names(f, row[f.slice]))
+        return out
 
+    def _names(self, f: Field, part: Sequence[float]) -> dict[str, float]:
+        if f.metric.shape is Shape.SCALAR:
+            return {f.key: part[0]}
+        if f.metric.shape is Shape.PER_LAYER:
+            return {M.layer_key(f.key, i): v for i, v in enumerate(part) if i in self._probed}
+        reduce, heads = SUMMARY[f.metric.summary], self.dims.n_heads
+        return {M.layer_key(f.key, layer): reduce(part[pos * heads:(pos + 1) * heads])
+                for pos, layer in enumerate(self.dims.layers)}
 
-def step_spec(n_layers: int) -> ProbeSpec:
-    """Every step: the loss parts, global grad stats, log Z, per-layer grad norms (attribution)."""
-    scalars = [Field(k, 1, False) for k in M.STEP_SERIES]
-    return ProbeSpec(scalars + [
-        Field(M.LOGITS_LOG_Z_MEAN, 1, False), Field(M.LOGITS_LOG_Z_MAX, 1, False),
-        Field(M.GRAD_NORM_EMBED, 1, False), Field(M.GRAD_NORM_LM_HEAD, 1, False),
-        Field(M.GRAD_NORM, n_layers, True),
-    ])
-
-
-def probe_spec(n_layers: int) -> ProbeSpec:
-    """Every `probes.every` steps: per-layer grads, params, updates, activations, logits."""
-    per_layer = [M.GRAD_RMS, M.GRAD_NORM_ATTN, M.GRAD_NORM_MLP, M.GRAD_NORM_NORMS, M.PARAM_NORM,
-                 M.UPDATE_RMS, M.OPTIM_EPS_REGIME, M.ACT_RMS]
-    return ProbeSpec([Field(k, n_layers, True) for k in per_layer] + [
-        Field(k, 1, False) for k in (M.GRAD_RMS_EMBED, M.GRAD_RMS_LM_HEAD, M.PARAM_NORM_EMBED,
-                                     M.LOGITS_MAX_ABS, M.LOGITS_MEAN)])
-
-
-ATTN_KEYS = (M.ATTN_LOGIT_MAX, M.ATTN_ENTROPY_MEAN, M.ATTN_ENTROPY_MIN, M.ATTN_Q_NORM,
-             M.ATTN_K_NORM)
-
-
-def attn_spec(n_layers: int, n_heads: int) -> ProbeSpec:
-    """Every `probes.attn_every` steps: attention statistics per layer and head ([L, H] each)."""
-    return ProbeSpec([Field(k, n_layers * n_heads, False) for k in ATTN_KEYS])
-
-
-def attn_layer_summary(row: list[float], spec: ProbeSpec, layers: list[int]) -> dict[str, float]:
-    """Per-layer headline keys from a per-head attention row of the probed `layers`: max over
-    heads of the max logit, mean over heads of entropies and norms, min of the minimum entropy."""
-    out: dict[str, float] = {}
-    for key in ATTN_KEYS:
-        values = row[spec.slice(key)]
-        heads = len(values) // len(layers)
-        for pos, i in enumerate(layers):
-            layer = values[pos * heads:(pos + 1) * heads]
-            if key == M.ATTN_LOGIT_MAX:
-                v = max(layer)
-            elif key == M.ATTN_ENTROPY_MIN:
-                v = min(layer)
-            else:
-                v = sum(layer) / len(layer)
-            out[M.layer_key(key, i)] = v
-    return out
+    def dense(self, row: Sequence[float]) -> list[tuple[str, list]]:
+        """(key, values [layer] or [probed layer][head]) of the per-layer and per-head metrics."""
+        out: list[tuple[str, list]] = []
+        for f in self.fields:
+            part = row[f.slice]
+            if f.metric.shape is Shape.PER_LAYER:
+                out.append((f.key, part))
+            elif f.metric.shape is Shape.PER_HEAD:
+                heads = self.dims.n_heads
+                out.append((f.key, [part[p * heads:(p + 1) * heads]
+                                    for p in range(len(self.dims.layers))]))
+        return out
