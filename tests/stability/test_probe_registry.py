@@ -148,6 +148,24 @@ def test_every_logged_metric_is_declared_and_the_other_way_round():
     assert all(M.REGISTRY.get(k, Shape.SCALAR).cadence is Cadence.STEP for k in M.STEP_SERIES)
 
 
+def test_declared_cadences_are_when_the_golden_run_logs():
+    # tests/golden: 30 steps, read-out every 5, probes every 5, attention every 10, eval every 15
+    golden = json.loads((ROOT / "tests" / "golden" / "golden_run.json").read_text())["metrics"]
+    probe_steps = list(range(0, 30, 5))
+    expected = {Cadence.STEP: list(range(30)), Cadence.PROBE: probe_steps,
+                Cadence.ATTN: list(range(0, 30, 10)), Cadence.READ_OUT: list(range(4, 30, 5)),
+                Cadence.EVAL: [14, 29], Cadence.ONCE: [0]}
+    for key, points in golden.items():
+        m = M.REGISTRY.declared(key)
+        steps = [s for s, _ in points]
+        if m.cadence is Cadence.STEP and m.shape is not Shape.SCALAR:
+            assert steps == probe_steps, key  # per-layer keys of the step row: at probe steps
+        elif key.startswith("spike/"):  # judged once the windows fill
+            assert set(steps) <= set(expected[m.cadence]) and steps, key
+        else:
+            assert steps == expected[m.cadence], key
+
+
 def test_declarations_and_docs_import_no_torch():
     code = ("import sys, stability.metric_names, stability.probes.registry, stability.probes.docs; "
             "print('torch' in sys.modules)")
