@@ -61,7 +61,7 @@ class ProbeSession:
         self.attn_spec = ProbeSpec.of(registry, Cadence.ATTN, dims)
         self.computes = computes
         for spec in (self.step_spec, self.probe_spec, self.attn_spec):
-            require(computes, spec.metrics)
+            require(computes, [f.metric for f in spec.fields])
         self.monitor = SpikeMonitor(cfg) if cfg.enabled and cfg.spikes else None
         self._inputs: ProbeInputs | None = None  # this step's, from step_row to after_step
         self._probe_rows: list[tuple[int, torch.Tensor]] = []
@@ -79,8 +79,12 @@ class ProbeSession:
         return self.cfg.enabled and step % self.cfg.attn_every == 0
 
     def row(self, spec: ProbeSpec, inputs: ProbeInputs) -> torch.Tensor:
-        """The device row of `spec` for one step: each metric's compute, checked by name and shape."""
-        return spec.flatten({m: self.computes[m](inputs) for m in spec.metrics})
+        """The device row of `spec` for one step: each metric's compute, checked by name and shape.
+
+        Computes run in row order, so data-parallel ranks issue their collectives (the optimizer
+        sums, the activation means) in the same order.
+        """
+        return spec.flatten({f.metric: self.computes[f.metric](inputs) for f in spec.fields})
 
     def step_row(self, parts: LossParts, grad_norm: torch.Tensor, clip_coef: torch.Tensor,
                  skipped: torch.Tensor, tensor_norms: list[torch.Tensor]) -> torch.Tensor:

@@ -249,6 +249,22 @@ def test_a_new_declaration_reaches_docs_rows_and_the_read_out():
     assert (0, key, [0.0, 1.0, 2.0, 3.0]) in found.dense
 
 
+def test_computes_run_in_row_order():
+    # Under data parallelism the optimizer sums and activation means are collectives: every rank
+    # must reach them in the same order, whatever the process's hash seed.
+    calls = []
+
+    def recording(metric, fn):
+        return lambda x: calls.append(metric) or fn(x)
+
+    model = _model()
+    session = ProbeSession(model, ProbesConfig(),
+                           computes={m: recording(m, fn) for m, fn in COMPUTE.items()})
+    _one_step(model, session)
+    assert calls == [f.metric for s in (session.step_spec, session.probe_spec, session.attn_spec)
+                     for f in s.fields]
+
+
 def test_layout_names_follow_the_probed_layers():
     model = _model()
     session = ProbeSession(model, ProbesConfig(layers=[3, 1]))
