@@ -118,16 +118,18 @@ def cell_lock(cell_dir: Path, wait_s: float = LOCK_WAIT_S):
         os.close(fd)
 
 
-def _progress_writer(path: Path, steps: int):
+def progress_file(path: Path, steps: int):
+    """The callback that keeps a cell's `progress.json` (the runner's bar reads it) current."""
+    from stability import metric_names as M
+    from stability.callbacks import OnReadOut
+
     t0 = time.monotonic()
 
     def write(step: int, last: dict[str, float]) -> None:
-        from stability import metric_names as M
-
         _write_json(path, {"step": step, "steps": steps, "loss": last.get(M.TRAIN_LOSS),
                            "tokens_per_s": last.get(M.TRAIN_TOKENS_PER_S),
                            "spikes": last.get(M.SPIKE_COUNT, 0), "elapsed_s": time.monotonic() - t0})
-    return write
+    return OnReadOut(write)
 
 
 def _record_interrupted(job: CellJob, signum: int) -> None:
@@ -203,9 +205,9 @@ def _train(job: CellJob, cell_dir: Path) -> dict[str, Any]:
     cfg.train.checkpoint_dir = str(cell_dir)
     cfg.train.threads = threads
     resume = bool(list_checkpoints(cell_dir) or list_sharded(cell_dir))
-    trainer = Trainer(cfg, resume=resume, progress=False, stop_signals=stop_signals())
-    if trainer.rank0:
-        trainer.on_read_out = _progress_writer(cell_dir / "progress.json", cfg.train.steps)
+    progress = progress_file(cell_dir / "progress.json", cfg.train.steps)
+    trainer = Trainer(cfg, resume=resume, progress=False, stop_signals=stop_signals(),
+                      callbacks=[progress] if os.environ.get("RANK", "0") == "0" else [])  # torchrun
     res = trainer.run()
     return {"status": res.status, "cell": job.cell_id, "run_id": res.run_id, "steps": res.steps,
             "train_loss": res.final_loss, "eval_loss": res.eval_loss,

@@ -26,8 +26,8 @@ def run_steps(trainer: Trainer, start: int, n: int) -> float:
     for step in range(start, start + n):
         trainer.train_step(step)
         trainer.step = step + 1
-        if trainer._buffer_rows == cfg.log_every:
-            trainer._read_out(time.perf_counter() - t0)
+        if trainer.buffer.rows == cfg.log_every:
+            trainer.read_out(time.perf_counter() - t0)
     return n * cfg.batch_size * cfg.seq_len / (time.perf_counter() - t0)
 
 

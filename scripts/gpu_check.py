@@ -152,7 +152,8 @@ def measure(preset: str, steps: int, warmup: int, overrides: list[str], device: 
                 trainer.train_step(s)
             _sync(device)
             elapsed = time.perf_counter() - t0
-            last, first_bad = trainer._read_out(elapsed)
+            event = trainer.read_out(elapsed)
+            last, first_bad = event.last, event.first_bad
             tok_s = steps * cfg.train.batch_size * cfg.train.seq_len / elapsed
             return {
                 "tok_s": tok_s,

@@ -100,6 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(cfg, args: argparse.Namespace, signals) -> int:
     import signal
 
+    from stability.callbacks.tracking import TrackingCallback
     from stability.store import resolve_uri
     from stability.train import Trainer
 
@@ -120,9 +121,10 @@ def _train(cfg, args: argparse.Namespace, signals) -> int:
         print(f"train/loss {result.final_loss:.4f}"
               + (f"  eval/loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""))
     print(f"checkpoints: {result.checkpoint_dir}")
-    if trainer.tracker:
+    tracking = trainer.callbacks.find(TrackingCallback)
+    if tracking is not None and tracking.tracker is not None:
         print(f"MLflow: {resolve_uri(cfg.tracking.uri)}  experiment '{cfg.tracking.experiment}'")
-        print(f"look:   {trainer.tracker.url_hint()}")
+        print(f"look:   {tracking.tracker.url_hint()}")
     return 0
 
 

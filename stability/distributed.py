@@ -2,8 +2,9 @@
 collectives that make every logged value the global one.
 
 `torchrun --nproc_per_node N -m stability train ...` sets RANK, WORLD_SIZE and LOCAL_RANK; without
-them (a plain `stability train`) `data_parallel` returns None and nothing here runs, so
-single-process runs are untouched. With them:
+them (a plain `stability train`) `data_parallel` returns `SingleProcess`, a world of size 1 whose
+collectives are the identity and which adds no operation to the step, so the trainer has one code
+path. With them:
 
 - every rank builds the same model (same init stream), then `shard_model` applies FSDP2's
   `fully_shard` to each block and to the root (gloo and fp32 on CPU; NCCL and, when the precision
@@ -107,10 +108,10 @@ def shard_model(model: nn.Module, cfg) -> nn.Module:
     return model
 
 
-def data_parallel(cfg, device: torch.device) -> tuple[DataParallel | None, torch.device]:
-    """(the run's `DataParallel`, its device) under torchrun; (None, `device`) otherwise."""
+def data_parallel(cfg, device: torch.device) -> tuple[World, torch.device]:
+    """(the run's `DataParallel`, its device) under torchrun; (`SingleProcess()`, `device`) else."""
     if not launched_by_torchrun():
-        return None, device
+        return SingleProcess(), device
     if not dist.is_available():
         raise ConfigError("torchrun: this torch build has no torch.distributed (run without torchrun)")
     world_size = int(os.environ["WORLD_SIZE"])
@@ -128,6 +129,49 @@ def data_parallel(cfg, device: torch.device) -> tuple[DataParallel | None, torch
 def _destroy() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+class LocalStep:
+    """A single process's step: the loss as it is, local norms (no reduction), local parts."""
+
+    def __init__(self, parts: LossParts) -> None:
+        self.parts = parts
+        self.loss = parts.loss  # what backward runs on
+        self.reduce_sq = None  # clip_grad_norm_ reduces nothing
+
+    def global_parts(self) -> LossParts:
+        return self.parts
+
+
+class SingleProcess:
+    """A world of size 1: the same interface as `DataParallel`, every collective the identity."""
+
+    rank, world_size, local_rank, is_rank0 = 0, 1, 0, True
+
+    def rank0_first(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def local_batch(self, batch: Batch) -> Batch:
+        return batch
+
+    def step_sync(self, parts: LossParts, local: Batch, batch: Batch) -> LocalStep:
+        return LocalStep(parts)
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def mean_(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def eval_sums(self, total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
+        return total, count
+
+    def agree(self, flag: bool, at_read_out: bool) -> bool:
+        """A stop takes effect after any step."""
+        return flag
+
+    def unsharded(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 @dataclass(eq=False)
@@ -168,8 +212,17 @@ class DataParallel:
         kept = int((batch.labels != IGNORE_INDEX).sum())
         return int((local.labels != IGNORE_INDEX).sum()) / max(kept, 1)
 
-    def packed_sum(self, parts: LossParts, share: float) -> PackedSum:
-        return PackedSum(self, parts, share)
+    def step_sync(self, parts: LossParts, local: Batch, batch: Batch) -> PackedSum:
+        """This rank's loss weighted by its share of the kept tokens, and the one all-reduce that
+        makes the norms and loss parts the global batch's (`PackedSum`)."""
+        return PackedSum(self, parts, self.loss_share(local, batch))
+
+    def agree(self, flag: bool, at_read_out: bool) -> bool:
+        """Whether any rank's `flag` is set; asked only at read-outs, where the host syncs anyway,
+        so every rank stops at the same step (the checkpoint is collective) and none waits."""
+        if not at_read_out:
+            return False
+        return bool(self.sum_(torch.tensor(float(flag), device=self.device)).item() > 0)
 
     def sum_(self, t: torch.Tensor) -> torch.Tensor:
         """All-reduce (SUM) in place; returns `t`."""
@@ -217,6 +270,8 @@ class PackedSum:
 
     def __init__(self, dp: DataParallel, parts: LossParts, share: float) -> None:
         self.dp, self.parts = dp, parts
+        self.loss = parts.loss * share  # what backward runs on: this rank's share of the mean
+        self.reduce_sq = self  # clip_grad_norm_ sums the squared norms through __call__
         values = [parts.loss, parts.ce, parts.z_loss, parts.z_loss_raw]
         extra = torch.stack([v.detach().float() for v in values]) * share
         if parts.logit_mean is not None:  # a mean over equal local row counts
@@ -242,3 +297,6 @@ class PackedSum:
         log_z = rows.reshape(-1, *log_z.shape[1:])
         return LossParts(e[0], e[1], e[2], e[3], log_z, max_abs,
                          e[4] if p.logit_mean is not None else None)
+
+
+World = SingleProcess | DataParallel

@@ -51,13 +51,14 @@ def _overrides(ckpt: Path) -> list[str]:
 def _train(ckpt: Path, resume: bool = False, poison_step: int | None = None) -> list[tuple]:
     """One run of the trainer in this process; (step, loss, grad norm) per read-out, then
     ("result", status, diverged_at_step). `poison_step`: NaN features at that training step."""
+    from stability.callbacks import OnReadOut
     from stability.train import Trainer
 
     trainer = Trainer(load_config("olmo2-tiny", overrides=_overrides(ckpt)), resume=resume,
                       progress=False)
     rows: list[tuple] = []
-    trainer.on_read_out = lambda step, last: rows.append((step, last[M.TRAIN_LOSS],
-                                                          last[M.GRAD_NORM]))
+    trainer.callbacks.append(OnReadOut(lambda step, last: rows.append((step, last[M.TRAIN_LOSS],
+                                                                       last[M.GRAD_NORM]))))
     if poison_step is not None:
         features, calls = trainer.model.features, []
 

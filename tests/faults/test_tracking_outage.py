@@ -21,6 +21,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stability import metric_names as M
+from stability.callbacks import OnReadOut
+from stability.callbacks.tracking import TrackingCallback
 from stability.config import load_config
 from stability.train import Trainer
 from tests.faults.helpers import assert_each_step_once, histories
@@ -59,10 +61,14 @@ class OutageDuringTraining:
             self.thread = threading.Thread(target=self._outage, daemon=True)
             self.thread.start()
         elif self.up_at is not None and self.sent_at_readout is None \
-                and not self.trainer.tracker.spool.pending:
+                and not tracker_of(self.trainer).spool.pending:
             self.sent_at_readout = n
         elif self.sent_at_readout is not None and n == self.sent_at_readout + AFTER_READOUTS:
             self.trainer.cfg.train.steps = step + LOG
+
+
+def tracker_of(trainer: Trainer):
+    return trainer.callbacks.find(TrackingCallback).tracker
 
 
 def _trainer(tmp_path, uri: str) -> Trainer:
@@ -77,7 +83,7 @@ def _check(trainer: Trainer, outage: OutageDuringTraining, result, read_uri: str
     outage.thread.join(timeout=120)
     assert outage.up_at is not None and outage.sent_at_readout is not None, "no outage happened"
     assert result.status == "finished"
-    assert not trainer.tracker.spool.path.exists()
+    assert not tracker_of(trainer).spool.path.exists()
 
     gaps = [b - a for a, b in zip(outage.times, outage.times[1:])]
     typical = statistics.median(gaps[: WARM_READOUTS - 1])
@@ -104,11 +110,11 @@ def test_store_away_3s_mid_run_training_goes_on_every_point_once(tmp_path, torch
     fault: dict[str, _Outage] = {}
 
     def down() -> None:
-        fault["outage"] = _Outage(trainer.tracker)  # the tracker exists once the run started
+        fault["outage"] = _Outage(tracker_of(trainer))  # the tracker exists once the run started
         fault["outage"].down.set()
 
     outage = OutageDuringTraining(trainer, down, lambda: fault["outage"].down.clear(), 3.0)
-    trainer.on_read_out = outage
+    trainer.callbacks.append(OnReadOut(outage))
     _check(trainer, outage, trainer.run(), uri)
     err = capsys.readouterr().err
     assert "tracking store unreachable" in err and "tracking: store back after" in err
@@ -126,5 +132,5 @@ def server(tmp_path):
 def test_server_killed_30s_mid_run_training_goes_on_every_point_once(tmp_path, server, torch_threads):
     trainer = _trainer(tmp_path, server.uri)
     outage = OutageDuringTraining(trainer, server.stop, server.start, 30.0)
-    trainer.on_read_out = outage
+    trainer.callbacks.append(OnReadOut(outage))
     _check(trainer, outage, trainer.run(), server.db_uri)  # read back from the server's database

@@ -13,6 +13,7 @@ import torch
 
 from model.attention_backends import resolve_attention_backend, xformers_available
 from stability import metric_names as M
+from stability.callbacks import OnReadOut
 from stability.config import load_config
 from stability.train import Trainer
 from tests.conftest import requires_cuda
@@ -49,7 +50,7 @@ def test_bf16_tiny_run_logs_mfu(tmp_path):
         'train.device="cuda"', 'train.precision="bf16"', "train.steps=5", "train.log_every=5"])
     trainer = Trainer(cfg, progress=False)
     seen = []
-    trainer.on_read_out = lambda step, last: seen.append(dict(last))
+    trainer.callbacks.append(OnReadOut(lambda step, last: seen.append(dict(last))))
     result = trainer.run()
     assert result.status == "finished" and math.isfinite(result.final_loss)
     if trainer.peak_flops is None:

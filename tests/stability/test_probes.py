@@ -119,13 +119,13 @@ def test_trainer_logs_probes_and_spikes(tmp_path, monkeypatch):
     trainer = Trainer(cfg, progress=False)
     real_clip = clip_grad_norm_
 
-    def spike_layer_2_at_80(params, max_norm):  # a gradient spike led by layer 2
+    def spike_layer_2_at_80(params, max_norm, reduce_sq=None):  # a gradient spike led by layer 2
         if trainer.step == 80:
             for p in trainer.model.blocks[2].parameters():
                 p.grad.mul_(1e4)
-        return real_clip(params, max_norm)
+        return real_clip(params, max_norm, reduce_sq)
 
-    monkeypatch.setattr("stability.train.clip_grad_norm_", spike_layer_2_at_80)
+    monkeypatch.setattr("stability.trainer.clip_grad_norm_", spike_layer_2_at_80)
     result = trainer.run()
     client = MlflowClient(cfg.tracking.uri)
     run = client.get_run(result.run_id)

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from model.config import ConfigError
 from stability import metric_names as M
+from stability.callbacks import OnReadOut
 from stability.checkpoint import list_checkpoints, load_latest, save_checkpoint, verify
 from stability.config import load_config
 from stability.stop import Stopped, StopRequest, exit_code, parse_signals
@@ -39,7 +40,7 @@ def test_a_second_ctrl_c_during_the_emergency_checkpoint_keeps_the_previous_one(
         if obj.get("step") == 11:  # the emergency checkpoint's file is written, not yet in place
             signal.raise_signal(signal.SIGINT)
 
-    trainer.on_read_out = first_signal_at_step_10
+    trainer.callbacks.append(OnReadOut(first_signal_at_step_10))
     monkeypatch.setattr(torch, "save", save_then_second_ctrl_c)
     with pytest.raises(Stopped) as stopped:
         trainer.run()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import stability.train as train_mod
+import stability.trainer as trainer_mod
 from stability import hardware
 from stability import metric_names as M
+from stability.callbacks import OnReadOut
 from stability.config import load_config
 from stability.train import Trainer, model_loss
 
@@ -23,9 +24,8 @@ def _cfg(tmp_path, *overrides: str):
 
 
 def _run(cfg) -> tuple[Trainer, list[dict[str, float]]]:
-    trainer = Trainer(cfg, progress=False)
     seen: list[dict[str, float]] = []
-    trainer.on_read_out = lambda step, last: seen.append(dict(last))
+    trainer = Trainer(cfg, progress=False, callbacks=[OnReadOut(lambda step, last: seen.append(dict(last)))])
     assert trainer.run().status == "finished"
     return trainer, seen
 
@@ -58,7 +58,7 @@ def test_mfu_logged_only_with_a_known_peak(tmp_path, monkeypatch):
     _, plain = _run(_cfg(tmp_path / "a", "train.steps=2"))
     assert all(M.TRAIN_MFU not in last for last in plain)  # CPU: no peak, no MFU
 
-    monkeypatch.setattr(train_mod, "device_peak_flops", lambda device, precision: 1e12)
+    monkeypatch.setattr(trainer_mod, "device_peak_flops", lambda device, precision: 1e12)
     trainer, seen = _run(_cfg(tmp_path / "b", "train.steps=2"))
     assert trainer.flops_per_token == trainer.model.flops_per_token(trainer.cfg.train.seq_len)
     for last in seen:
