@@ -23,7 +23,7 @@ import requests
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from stability import store, tracking, tracking_io
+from stability import store, tracking
 from stability.dense import DenseWriter, read_dense
 from stability.store import TrackingUnavailable
 from stability.tracking import Tracker
