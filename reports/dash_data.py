@@ -39,8 +39,16 @@ HEADLINE = (M.TRAIN_LOSS, M.EVAL_LOSS, M.GRAD_NORM, M.LOGITS_LOG_Z_MEAN)
 
 
 def registry_order() -> list[str]:
-    """Every metric key of `stability.metric_names`, in the order the module defines them."""
-    return [v for k, v in vars(M).items() if k.isupper() and isinstance(v, str) and "/" in v]
+    """Every metric key of `stability.metric_names.REGISTRY`, in declaration order."""
+    return list(dict.fromkeys(m.key for m in M.REGISTRY))
+
+
+def describe(key: str) -> str:
+    """What a metric (or per-layer prefix) is, from its declaration; "" for an undeclared key."""
+    found = M.REGISTRY.declared(key) or M.REGISTRY.declared(M.layer_key(key, 0))
+    if found is None:
+        return ""
+    return f"{found.what} ({found.source})" if found.source else found.what
 
 
 def jsonable(v: Any, keep_inf: bool = False) -> Any:
@@ -74,23 +82,16 @@ class SeriesIndex:
     def from_frames(cls, series: pd.DataFrame, dense: pd.DataFrame) -> SeriesIndex:
         index = cls()
         if len(series):
-            runs, run_codes = _codes(series[F.RUN_ID])
-            keys, key_codes = _codes(series["metric"])
-            group = run_codes * len(keys) + key_codes
-            for g, x, y in _blocks(group, series["step"], series["value"]):
-                index.data[(runs[g // len(keys)], keys[g % len(keys)])] = (x, y)
+            for (rid, key), x, y in _grouped([series[F.RUN_ID], series["metric"]], series["step"],
+                                             series["value"]):
+                index.data[(str(rid), str(key))] = (x, y)
         if len(dense):
             d = dense[dense["layer"].to_numpy() >= 0]
             if len(d):
-                runs, run_codes = _codes(d[F.RUN_ID])
-                keys, key_codes = _codes(d["key"])
-                layer = d["layer"].to_numpy(dtype=np.int64)
-                n_layers = int(layer.max()) + 1
-                group = (run_codes * len(keys) + key_codes) * n_layers + layer
-                for g, x, y in _blocks(group, d["step"], d["value"], max_of_duplicates=True):
-                    rk, la = divmod(g, n_layers)
-                    k = (runs[rk // len(keys)], M.layer_key(keys[rk % len(keys)], la))
-                    index.data.setdefault(k, (x, y))  # MLflow's own per-layer key wins
+                for (rid, key, layer), x, y in _grouped([d[F.RUN_ID], d["key"], d["layer"]], d["step"],
+                                                        d["value"], max_of_duplicates=True):
+                    # MLflow's own per-layer key wins over the dense one
+                    index.data.setdefault((str(rid), M.layer_key(str(key), int(layer))), (x, y))
         return index
 
     def get(self, run_id: str, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -111,35 +112,55 @@ class SeriesIndex:
         return out
 
 
-def _codes(col: pd.Series) -> tuple[list[str], np.ndarray]:
-    """(distinct values as str, int64 codes); Arrow-backed strings are factorised without
-    building a Python object per row."""
-    codes, uniques = pd.factorize(col)
-    return [str(u) for u in uniques], codes.astype(np.int64)
+def _changes(col: pd.Series) -> np.ndarray:
+    """Where a column's value differs from the previous row's (n - 1 booleans); Arrow-backed
+    strings are compared by Arrow, without a Python object per row."""
+    if getattr(col.dtype, "storage", None) == "pyarrow" or isinstance(col.dtype, pd.ArrowDtype):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arr = pa.chunked_array(pa.array(col.array))
+        return pc.not_equal(arr[1:], arr[:-1]).to_numpy(zero_copy_only=False)
+    values = col.to_numpy()
+    return values[1:] != values[:-1]
 
 
-def _blocks(group: np.ndarray, step_col: pd.Series, value_col: pd.Series, max_of_duplicates: bool = False):
-    """(group code, steps, values) per group, steps sorted; sorts only when the frame is not
-    already grouped and ordered (the loader's frames are). Duplicate steps keep the max."""
-    step = pd.to_numeric(step_col, errors="coerce").to_numpy(dtype=float)
-    value = pd.to_numeric(value_col, errors="coerce").to_numpy(dtype=float)
-    change = group[1:] != group[:-1]
+def _grouped(keys: list[pd.Series], step_col: pd.Series, value_col: pd.Series,
+             max_of_duplicates: bool = False):
+    """(key tuple, steps, values) per distinct key tuple, steps sorted, as float64 arrays.
+
+    The loader's frames are already grouped by run and key and sorted by step, so blocks are cut
+    where a key column changes; a frame that is not (hand-made, shuffled) is sorted first.
+    Duplicate steps of one key tuple keep the max (the dense rows of several heads).
+    """
+    step = step_col.to_numpy(dtype=np.float64, na_value=np.nan)
+    value = value_col.to_numpy(dtype=np.float64, na_value=np.nan)
+    change = np.zeros(max(step.size - 1, 0), dtype=bool)
+    for col in keys:
+        change |= _changes(col)
     starts = np.flatnonzero(np.r_[True, change])
-    ordered = (np.unique(group[starts]).size == starts.size
-               and not ((np.diff(step) < 0) & ~change).any())
-    if not ordered:
-        order = np.lexsort((step, group))
-        group, step, value = group[order], step[order], value[order]
-        change = group[1:] != group[:-1]
+    firsts = list(zip(*[col.iloc[starts].tolist() for col in keys]))
+    back = (np.diff(step) < 0) & ~change
+    if len(set(firsts)) < len(firsts) or back.any():  # not grouped and sorted: sort on codes
+        codes = [pd.factorize(col)[0].astype(np.int64) for col in keys]
+        order = np.lexsort((step, *reversed(codes)))
+        step, value = step[order], value[order]
+        change = np.zeros(max(step.size - 1, 0), dtype=bool)
+        for c in codes:
+            c = c[order]
+            change |= c[1:] != c[:-1]
         starts = np.flatnonzero(np.r_[True, change])
-    if max_of_duplicates and ((np.diff(step) == 0) & ~change).any():
-        first = np.flatnonzero(np.r_[True, change | (np.diff(step) != 0)])
-        value = np.fmax.reduceat(value, first)
-        group, step = group[first], step[first]
-        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    ends = np.r_[starts[1:], group.size]
-    for s, e in zip(starts.tolist(), ends.tolist()):
-        yield int(group[s]), step[s:e], value[s:e]
+        firsts = list(zip(*[col.iloc[order[starts]].tolist() for col in keys]))
+    if max_of_duplicates:
+        same = np.r_[False, (np.diff(step) == 0) & ~change]
+        if same.any():
+            first = np.flatnonzero(~same)
+            value = np.fmax.reduceat(value, first)
+            step = step[first]
+            starts = np.searchsorted(first, starts)
+    ends = np.r_[starts[1:], step.size]
+    for k, s, e in zip(firsts, starts.tolist(), ends.tolist()):
+        yield k, step[s:e], value[s:e]
 
 
 def split_series(series: str) -> tuple[str, str]:
@@ -184,7 +205,8 @@ def merge_events(spikes: pd.DataFrame, run_order: Iterable[str] = ()) -> list[di
 
 def catalogue(metrics: Iterable[str]) -> list[dict[str, Any]]:
     """Metrics offered on the page: a key, or a per-layer prefix with its layers (and whether the
-    prefix itself is also a series, e.g. grad/norm), in registry order, unknown keys after."""
+    prefix itself is also a series, e.g. grad/norm) and what it is, in registry order, unknown
+    keys after."""
     plain: set[str] = set()
     layers: dict[str, set[int]] = {}
     for m in metrics:
@@ -195,7 +217,8 @@ def catalogue(metrics: Iterable[str]) -> list[dict[str, Any]]:
             plain.add(m)
     rank = {k: i for i, k in enumerate(registry_order())}
     names = sorted(plain | set(layers), key=lambda k: (rank.get(k, len(rank)), k))
-    return [{"key": k, "total": k in plain, "layers": sorted(layers.get(k, ()))} for k in names]
+    return [{"key": k, "total": k in plain, "layers": sorted(layers.get(k, ())), "what": describe(k)}
+            for k in names]
 
 
 def status_text(run: pd.Series) -> str:

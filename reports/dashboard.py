@@ -16,15 +16,18 @@ inline event handler, nothing remote.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from reports import frames as F
 from reports.dash_data import HEADLINE, LAYER_RE, DashData
-from reports.downsample import minmax_points, num_list, step_list, window
+from reports.downsample import minmax_points, window
 from reports.tables import atomic_write_text
 from stability import metric_names as M
 
@@ -79,10 +82,28 @@ def _window_keys(keys: list[str]) -> list[str]:
     return out
 
 
+def packed(rid: str, metric: str, x: np.ndarray, y: np.ndarray) -> str:
+    """One embedded series: [run, metric, steps, values, step type], the arrays as base64 of
+    little-endian int32 steps ("i4"; float64 "f8" when a step is not one) and float32 values,
+    which the page turns into typed arrays without parsing a number per point."""
+    kind = "i4" if x.size == 0 or (np.all(x == np.round(x)) and np.abs(x).max() < 2**31) else "f8"
+    xs = base64.b64encode(np.asarray(x, f"<{kind}").tobytes()).decode()
+    ys = base64.b64encode(np.asarray(y, "<f4").tobytes()).decode()
+    return f'[{json.dumps(rid)},{json.dumps(metric)},"{xs}","{ys}","{kind}"]'
+
+
+def unpacked(item: list) -> tuple[str, str, np.ndarray, np.ndarray]:
+    """`packed` read back: (run, metric, steps, values)."""
+    rid, metric, xs, ys, kind = item
+    return (rid, metric, np.frombuffer(base64.b64decode(xs), f"<{kind}").astype(float),
+            np.frombuffer(base64.b64decode(ys), "<f4").astype(float))
+
+
 def static_data(data: DashData, points: int = STATIC_POINTS) -> str:
     """The embedded JSON of a static page: the overview, every series (thinned to at most
-    2 x `STATIC_BUCKETS[1]` points, fewer when there are many), and around each spike event the
-    full-resolution window (+- 2 x window steps) of the series a spike view draws."""
+    2 x `STATIC_BUCKETS[1]` points, fewer when there are many) and around each spike event the
+    full-resolution window (+- 2 x window steps) of the series a spike view draws, each
+    `packed`."""
     items = sorted(data.index.data.items())
     lo, hi = STATIC_BUCKETS
     buckets = max(lo, min(hi, points // max(2 * len(items), 1)))
@@ -91,7 +112,7 @@ def static_data(data: DashData, points: int = STATIC_POINTS) -> str:
         xs, ys = minmax_points(x, y, buckets)
         if xs.size < x.size:
             thinned.add((rid, metric))
-        series.append(f"[{json.dumps(rid)},{json.dumps(metric)},{step_list(xs)},{num_list(ys, 7)}]")
+        series.append(packed(rid, metric, xs, ys))
     windows = []
     half = 2 * int(data.overview["window"])
     for ev in data.overview["events"]:
@@ -100,7 +121,7 @@ def static_data(data: DashData, points: int = STATIC_POINTS) -> str:
             if (rid, metric) not in thinned:
                 continue
             xs, ys = window(*data.index.data[(rid, metric)], step - half, step + half)
-            windows.append(f"[{json.dumps(rid)},{json.dumps(metric)},{step_list(xs)},{num_list(ys, 7)}]")
+            windows.append(packed(rid, metric, xs, ys))
     text = (f'{{"overview":{json.dumps(data.overview, allow_nan=False, separators=(",", ":"))},'
             f'"series":[{",".join(series)}],"windows":[{",".join(windows)}]}}')
     return escape_script(text)

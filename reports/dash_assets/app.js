@@ -169,14 +169,16 @@
     constructor(data) {
       this.live = false;
       this.ov = data.overview;
-      const arr = (a) => Float64Array.from(a, (v) => (v === null ? NaN : v));
+      // each series: base64 of little-endian int32 (or float64) steps and float32 values
+      const bytes = (b64) => { const bin = atob(b64), out = new Uint8Array(bin.length); for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i); return out.buffer; };
+      const steps = (b64, kind) => (kind === "f8" ? new Float64Array(bytes(b64)) : new Int32Array(bytes(b64)));
       this.series = new Map();
       this.windows = new Map();
-      for (const [run, metric, x, y] of data.series) this.series.set(run + "\u0000" + metric, [arr(x), arr(y)]);
-      for (const [run, metric, x, y] of data.windows) {
+      for (const [run, metric, x, y, kind] of data.series) this.series.set(run + "\u0000" + metric, [steps(x, kind), new Float32Array(bytes(y))]);
+      for (const [run, metric, x, y, kind] of data.windows) {
         const k = run + "\u0000" + metric;
         if (!this.windows.has(k)) this.windows.set(k, []);
-        this.windows.get(k).push([arr(x), arr(y)]);
+        this.windows.get(k).push([steps(x, kind), new Float32Array(bytes(y))]);
       }
     }
     async overview() { return this.ov; }
@@ -201,7 +203,7 @@
     spikeWindow: null,
   };
   const DASH = (window.__dash = {
-    ready: false, firstChart: null, version: 0, errors: [],
+    ready: false, route: null, firstChart: null, version: 0, errors: [],
     hover: { event: 0, done: 0, painted: 0 },
     panels: () => (S.view ? S.view.panels().map((p) => p.info()) : []),
     // where a step is on the i-th chart, in viewport pixels (scrolled into view): for tests and benchmarks
@@ -261,7 +263,7 @@
       this.readBody = h("tbody");
       this.status = h("span", { class: "chart-status" });
       this.el = h("div", { class: "chart" + (spec.small ? " small" : ""), "data-key": spec.key },
-        h("div", { class: "chart-head" }, h("span", { class: "chart-title", text: spec.title }), this.status,
+        h("div", { class: "chart-head" }, h("span", { class: "chart-title", text: spec.title, title: spec.what || null }), this.status,
           spec.controls || null),
         this.plot, h("div", { class: "readout" }, this.readHead, h("table", {}, this.readBody)));
       linker.panels.push(this);
@@ -760,7 +762,7 @@
       mode.value = ws.mode;
       on(mode, "change", () => { ws.mode = mode.value; this.changed(); });
       const add = h("select", { id: "add-metric" }, h("option", { value: "", text: "+ add metric…" }),
-        ov.metrics.filter((m) => !ws.metrics.includes(m.key)).map((m) => h("option", { value: m.key, text: m.key + (m.layers.length ? ` (per layer ×${m.layers.length})` : "") })));
+        ov.metrics.filter((m) => !ws.metrics.includes(m.key)).map((m) => h("option", { value: m.key, title: m.what || null, text: m.key + (m.layers.length ? ` (per layer ×${m.layers.length})` : "") })));
       on(add, "change", () => { if (add.value) { ws.metrics.push(add.value); this.changed(); } });
       const smooth = h("input", { type: "range", id: "smooth", min: "0", max: "0.99", step: "0.01", value: String(ws.smooth) });
       const smoothVal = h("span", { class: "dim", text: ws.smooth ? String(ws.smooth) : "off" });
@@ -811,7 +813,7 @@
               .map((r) => ({ runs: [r.id], metric: key, label: r.name, color: runColor(r) }));
           }
           const runs = [...new Set(traces.flatMap((t) => t.runs))];
-          out.push({ key: `${key}|${ws.mode}|${log}|${ws.smooth}`, metric, title, traces, log, small: keys.length > 1, markers: markersFor(runs), entry, layer });
+          out.push({ key: `${key}|${ws.mode}|${log}|${ws.smooth}`, metric, title, traces, log, small: keys.length > 1, markers: markersFor(runs), entry, layer, what: entry.what });
         }
       }
       return out;
@@ -868,7 +870,7 @@
         if (p.spec.small) {
           if (!smallBox || lastMetric !== p.spec.metric) {
             smallBox = h("div", { class: "multiples" });
-            const head = h("div", { class: "chart-head group-title" }, h("span", { class: "chart-title", text: p.spec.metric + " per layer" }), this.controlsFor(p.spec));
+            const head = h("div", { class: "chart-head group-title" }, h("span", { class: "chart-title", text: p.spec.metric + " per layer", title: p.spec.what || null }), this.controlsFor(p.spec));
             this.grid.appendChild(h("div", { class: "chart-group" }, head, smallBox));
           }
           smallBox.appendChild(p.el);
@@ -1061,6 +1063,7 @@
 
   // ------------------------------------------------------------------------------ routing, live
   function route() {
+    DASH.route = location.hash; // the view shown (tests wait for it after a hash change)
     const hash = location.hash.replace(/^#/, "") || "/";
     const [path, query] = hash.split("?");
     const parts = path.split("/").filter(Boolean);

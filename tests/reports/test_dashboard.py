@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from reports import frames as F
-from reports.dash_data import DashData, SeriesIndex, catalogue, merge_events
-from reports.dashboard import CSP, write_dashboard
+from reports.dash_data import DashData, SeriesIndex, catalogue, describe, merge_events, registry_order
+from reports.dashboard import CSP, unpacked, write_dashboard
 from reports.serve import DashboardServer, mlflow_probe, serve_dashboard
 from reports.stats import compare_arms
 from stability import metric_names as M
@@ -105,11 +105,13 @@ def test_overview_runs_groups_catalogue_and_the_reports_paired_differences():
     assert run["params"]["model.qk_norm"] == "none" and M.TRAIN_LOSS in run["metrics"]
     assert run["summary"][F.MAX_GRAD_NORM] == "inf"  # as the report prints it, not blank
     cat = {c["key"]: c for c in ov["metrics"]}
-    assert cat[M.GRAD_NORM] == {"key": M.GRAD_NORM, "total": True, "layers": [0, 1, 2, 3]}  # dense layers
+    assert (cat[M.GRAD_NORM]["total"], cat[M.GRAD_NORM]["layers"]) == (True, [0, 1, 2, 3])  # dense layers
+    assert cat[M.GRAD_NORM]["what"] == describe(M.GRAD_NORM) != ""  # the registry's description
+    assert cat[M.EVAL_LOSS]["what"] == M.REGISTRY.get(M.EVAL_LOSS).what
     assert cat[M.ATTN_LOGIT_MAX]["total"] is False and cat[M.ATTN_LOGIT_MAX]["layers"] == [0, 1, 2, 3]
     assert cat[M.UPDATE_RMS]["layers"] == [0, 1, 2, 3]
     keys = [c["key"] for c in ov["metrics"]]
-    assert keys.index(M.TRAIN_LOSS) < keys.index(M.EVAL_LOSS) < keys.index(M.GRAD_NORM)  # registry order
+    assert keys == [k for k in registry_order() if k in cat]  # the registry's order
     # the paired differences are compare_arms' numbers with the report's test and resamples
     ref = compare_arms(grid.runs, "olmo2", test="wilcoxon", n_boot=10_000)
     rows = {(r["arm"], r["metric"]): r for r in ov["compare"]["rows"]}
@@ -157,9 +159,9 @@ def test_series_index_from_unsorted_frames_and_dense_layers():
     x, y = SeriesIndex.from_frames(no_key, grid.dense).get(rid, M.layer_key(M.ATTN_LOGIT_MAX, 2))
     heads = grid.dense[(grid.dense["key"] == M.ATTN_LOGIT_MAX) & (grid.dense["layer"] == 2)]
     np.testing.assert_allclose(y, heads.groupby("step")["value"].max().to_numpy())
-    assert catalogue(["x/y/layer_3", "train/loss", "zzz"]) == [
-        {"key": "train/loss", "total": True, "layers": []}, {"key": "x/y", "total": False, "layers": [3]},
-        {"key": "zzz", "total": True, "layers": []}]
+    cat = catalogue(["x/y/layer_3", "train/loss", "zzz"])
+    got = [(c["key"], c["total"], c["layers"], bool(c["what"])) for c in cat]  # undeclared keys last
+    assert got == [("train/loss", True, [], True), ("x/y", False, [3], False), ("zzz", True, [], False)]
 
 
 # ------------------------------------------------------------------------------------ static export
@@ -204,13 +206,13 @@ def test_static_export_thins_long_series_and_keeps_full_windows_around_spikes(tm
     grid = synthetic_grid(arms=("a", "b"), seeds=(0,), steps=5000, spike_steps={("a", 0, LR): [2500]})
     raw = write_dashboard(grid, tmp_path, window=20, max_points=40_000).read_text()
     payload = json.loads(Scripts(raw).scripts[1][1])
-    series = {(r, m): (x, y) for r, m, x, y in payload["series"]}
+    series = {(r, m): (x.tolist(), y) for r, m, x, y in map(unpacked, payload["series"])}
     x, y = series[("r000_a", M.GRAD_NORM)]
     buckets = max(200, min(2000, 40_000 // (2 * len(series))))  # the budget shared by every series
     assert 200 < buckets < 2500 and len(x) <= 2 * buckets + 2 and 2500 in x  # thinned, spike kept
     full = grid.series[(grid.series[F.RUN_ID] == "r000_a") & (grid.series["metric"] == M.GRAD_NORM)]
-    assert max(y) == pytest.approx(full["value"].max(), rel=1e-6)
-    windows = {(r, m): (x, y) for r, m, x, y in payload["windows"]}
+    assert max(y) == pytest.approx(full["value"].max(), rel=1e-6)  # float32 values
+    windows = {(r, m): (x.tolist(), y) for r, m, x, y in map(unpacked, payload["windows"])}
     wx, wy = windows[("r000_a", M.GRAD_NORM)]
     assert wx == list(range(2460, 2541))  # +- 2 x window, every step
     assert ("r000_a", M.layer_key(M.GRAD_NORM, 1)) in windows

@@ -5,6 +5,7 @@ names, and a run started while `--serve` runs."""
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import numpy as np
 import pandas as pd
@@ -67,9 +68,11 @@ LOADED = "p.every(i => i.heat ? i.loaded : i.points > 0)"  # charts exist once _
 
 
 def open_page(page, url: str) -> list[dict]:
-    """Load, wait until every chart has its data; returns the charts' info."""
+    """Load (or, for a new #fragment only, route), wait until every chart of that view has its
+    data; returns the charts' info."""
     page.goto(url)
-    page.wait_for("window.__dash && __dash.ready")
+    frag = urllib.parse.unquote("#" + url.split("#", 1)[1]) if "#" in url else ""
+    page.wait_for(f"window.__dash && __dash.ready && decodeURIComponent(__dash.route) === {json.dumps(frag)}")
     return when(page, LOADED)
 
 
@@ -190,7 +193,7 @@ def test_one_event_per_run_and_step_and_a_marker_opens_its_zoomed_view(page, sit
     i, _ = panel(infos, "global grad norm")
     at = page.eval(f"__dash.point({i}, 120, 0.5)")
     page.click(at["x"], at["y"])
-    page.wait_for("location.hash === '#/spike/r100_no_qk_norm/120'")
+    page.wait_for("__dash.route === '#/spike/r100_no_qk_norm/120'")  # routed: the spike view's charts
     infos = when(page, LOADED)
     per_layer = panel(infos, "grad norm per layer")[1]
     assert per_layer["traces"] == 4 and per_layer["xmin"] == 100 and per_layer["xmax"] == 140
@@ -220,7 +223,8 @@ def test_hostile_names_execute_nothing_static_or_served(page, tmp_path):
     with DashboardServer(lambda: grid, poll_s=60) as server:
         rid = grid.runs[F.RUN_ID][0]
         for base in ((tmp_path / "index.html").as_uri(), server.url):
-            for route in ("", "#/spikes", "#/run/" + json.dumps(rid)[1:-1], "#/spike/" + rid + "/30"):
+            run = urllib.parse.quote(rid, safe="")
+            for route in ("", "#/spikes", f"#/run/{run}", f"#/spike/{run}/30"):
                 open_page(page, base + route)
                 text = page.eval("document.body.innerText")
                 assert HOSTILE in text or PWN in text, route
@@ -246,8 +250,8 @@ def test_a_run_started_while_serving_appears_without_a_reload(page, tmp_path, ml
         store.log_points(rid, 20, 60, seed=1)  # the running run logs more steps: every chart follows
         when(page, "p.every(i => i.xmax === 59) && p[0].x.includes(59)", timeout=10)
         # its run page, live: the charts get the new points in place
-        page.eval(f"location.hash = '#/run/{rid}'")
-        when(page, f"p.length && {LOADED} && p[0].xmax === 59")
+        open_page(page, f"{server.url}#/run/{rid}")
+        when(page, "p[0].xmax === 59")
         page.eval("window.__chart = document.querySelector('.chart')")
         store.log_points(rid, 60, 80, seed=1)
         when(page, "p[0].xmax === 79 && p[0].x.includes(79)", timeout=10)
