@@ -44,8 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError
-from stability.config import RunConfig, apply_table, config_hash, parse_override, read_toml
-from stability.presets import run_preset
+from stability.config import RunConfig, apply_table, config_hash, parse_override, read_toml, run_preset
 
 __all__ = ["SPEC_PLACE", "Cell", "GridSpec", "load_spec", "parse_spec", "GRIDS_DIR", "bundled_specs"]
 

@@ -137,7 +137,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_presets(_: argparse.Namespace) -> int:
     from model.size import param_count
-    from stability.presets import preset_names, run_preset
+    from stability.config import run_preset
+    from stability.presets import preset_names
 
     for name in preset_names():
         cfg = run_preset(name)

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from model.config import ConfigError, ModelConfig
+from model.presets import MODEL_PRESETS, model_preset, unknown_preset
 from stability.data.config import DataConfig
+from stability.presets import RECIPE_RUN_KNOBS, SIZE_DEFAULTS
 
 
 @dataclass
@@ -344,6 +346,18 @@ def read_toml(path: str | Path, place: str = "--config",
         raise ConfigError(f"{place}: '{p}' is not valid TOML: {exc}") from None
 
 
+def run_preset(name: str) -> RunConfig:
+    """A fresh `RunConfig` for preset `name` (e.g. `olmo2-small`): the model preset, its recipe's
+    training knobs and its size's budget (`stability.presets`)."""
+    if name not in MODEL_PRESETS:
+        raise unknown_preset(name, "preset")
+    recipe, _, size = name.partition("-")
+    cfg = RunConfig(model=model_preset(name), preset=name)
+    apply_table(cfg, RECIPE_RUN_KNOBS.get(recipe, {}))
+    apply_table(cfg, SIZE_DEFAULTS.get(size, {}))
+    return cfg
+
+
 def load_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
@@ -351,8 +365,6 @@ def load_config(
     table: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Resolve a `RunConfig`: preset (CLI, else the file's `preset` key) <- file <- table <- --set."""
-    from stability.presets import run_preset  # presets import this module
-
     layers: list[dict[str, Any]] = []
     if config_file is not None:
         layers.append(read_toml(config_file))

@@ -1,17 +1,16 @@
-"""Named run presets: a model preset (`model.presets`) plus its recipe's training knobs and a budget.
+"""Named run presets, as data: a model preset (`model.presets`) plus its recipe's training knobs
+and its size's budget (`stability.config.run_preset` builds the `RunConfig`).
 
-`olmo2-<size>` is the final OLMo 2 recipe, `olmo0424-<size>` the "before" recipe (REFERENCE.md
-section 1). The size sets the model shape and a sensible budget; the recipe sets the stability
-knobs. Everything can be overridden with a TOML file or `--set`.
+`olmo2-<size>` is the final OLMo 2 recipe, `olmo0424-<size>` the "before" recipe
+(docs/reference.md section 1). The size sets the model shape and a sensible budget; the recipe
+sets the stability knobs. Everything can be overridden with a TOML file or `--set`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from model.config import USES_INIT_STD
-from model.presets import MODEL_PRESETS, RECIPE_KNOBS, model_preset, recipe_of, unknown_preset
-from stability.config import RunConfig, apply_table
+from model.presets import MODEL_PRESETS
 
 # Training-side knobs that differ between the two recipes (the model-side ones live in model/).
 # Sources: docs/reference.md section 1 (the released configs OLMo2-7B-stage1.yaml and
@@ -69,48 +68,3 @@ SIZE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 
 def preset_names() -> list[str]:
     return list(MODEL_PRESETS)
-
-
-def run_preset(name: str) -> RunConfig:
-    """A fresh `RunConfig` for preset `name` (e.g. `olmo2-small`)."""
-    if name not in MODEL_PRESETS:
-        raise unknown_preset(name, "preset")
-    recipe, _, size = name.partition("-")
-    cfg = RunConfig(model=model_preset(name), preset=name)
-    apply_table(cfg, RECIPE_RUN_KNOBS.get(recipe, {}))
-    apply_table(cfg, SIZE_DEFAULTS.get(size, {}))
-    return cfg
-
-
-def recipe_deviations(cfg: RunConfig) -> tuple[str, dict[str, Any]]:
-    """(the recipe `cfg` is closest to, {dotted key: value} of the recipe knobs where it differs):
-    what a user filters runs on (`base_recipe`, `deviations` tags). Ties go to `olmo2`. init_std
-    only counts for inits that read it."""
-    best: tuple[str, dict[str, Any]] | None = None
-    for recipe, model_knobs in RECIPE_KNOBS.items():
-        knobs = {f"model.{k}": v for k, v in model_knobs.items()
-                 if k != "init_std" or cfg.model.init in USES_INIT_STD}
-        knobs.update({f"{section}.{k}": v for section, table in RECIPE_RUN_KNOBS[recipe].items()
-                      for k, v in table.items()})
-        found = {}
-        for key, want in knobs.items():
-            section, name = key.split(".")
-            value = getattr(getattr(cfg, section), name)
-            if value != want:
-                found[key] = value
-        if best is None or len(found) < len(best[1]):
-            best = (recipe, found)
-    assert best is not None
-    return best
-
-
-def run_recipe_of(cfg: RunConfig) -> str:
-    """`olmo2`, `olmo0424` or `custom`: which recipe every model and training knob matches."""
-    recipe = recipe_of(cfg.model)
-    if recipe == "custom":
-        return recipe
-    for section, knobs in RECIPE_RUN_KNOBS[recipe].items():
-        table = getattr(cfg, section)
-        if any(getattr(table, k) != v for k, v in knobs.items()):
-            return "custom"
-    return recipe

@@ -10,7 +10,7 @@ import model as model_lib
 from stability import store
 from stability.callbacks.base import Callback, ReadOutEvent
 from stability.config import flatten, to_toml
-from stability.presets import recipe_deviations, run_recipe_of
+from stability.recipes import recipe_deviations, run_recipe_of
 from stability.store import Tag, absolute_uri, resolve_uri
 from stability.tracking import Tracker, git_commit, resumable_run_id
 

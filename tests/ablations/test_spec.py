@@ -13,7 +13,7 @@ from ablations.spec import GRIDS_DIR, Cell, GridSpec, bundled_specs, load_spec, 
 from model.config import ConfigError
 from model.size import flops_per_token, param_count
 from stability.config import config_hash
-from stability.presets import run_recipe_of
+from stability.recipes import run_recipe_of
 
 SPEC = """
 name = "g"

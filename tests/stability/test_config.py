@@ -6,8 +6,8 @@ import pytest
 
 from model.config import ConfigError
 from stability.cli import main
-from stability.config import RunConfig, from_dict, load_config, parse_override, to_toml
-from stability.presets import run_preset, run_recipe_of
+from stability.config import RunConfig, from_dict, load_config, parse_override, run_preset, to_toml
+from stability.recipes import run_recipe_of
 
 
 def test_layering_preset_file_set(tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 from stability import store
 from stability.config import load_config
-from stability.presets import recipe_deviations
+from stability.recipes import recipe_deviations
 
 
 def test_every_status_has_an_mlflow_status_that_reads_back():
