@@ -1,4 +1,5 @@
-"""`stability grid plan|run|status`: the grid subcommands (wired into `stability.cli`)."""
+"""`stability grid plan|run|status`: the grid subcommands, registered with the command through
+the `stability.commands` entry points (pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -110,3 +111,9 @@ def _ui_hint(uri: str, experiment: str) -> str:
     client = store.client(uri)
     exp = store.retry(client.get_experiment_by_name, experiment)
     return store.ui_hint(uri, exp.experiment_id if exp else "0")
+
+
+def register(sub: argparse._SubParsersAction) -> dict:
+    """The `stability grid ...` commands (a `stability.commands` entry point)."""
+    add_grid_parser(sub)
+    return {"grid": cmd_grid}

@@ -1,4 +1,5 @@
-"""`stability report` and `stability dashboard` (wired into `stability.cli`)."""
+"""`stability report` and `stability dashboard`: parsers and handlers, registered with the command
+through the `stability.commands` entry points (pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not args.no_attach and (run := attach_to_mlflow(grid, out, uri, "dashboard")):
         print(f"attached to MLflow run {run} under dashboard/")
     return 0
+
+
+def register(sub: argparse._SubParsersAction) -> dict:
+    """`stability report` and `stability dashboard` (a `stability.commands` entry point)."""
+    add_report_parsers(sub)
+    return {"report": cmd_report, "dashboard": cmd_dashboard}
