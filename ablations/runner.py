@@ -213,7 +213,7 @@ class LocalRunner:
                     del running[cid]
                     free_gpus.extend(slot.gpus)
                     self._record_end(slot, g, display)
-                display.update({cid: _read_json(Path(s.job.cell_dir) / "progress.json")
+                display.update({cid: read_json(Path(s.job.cell_dir) / "progress.json")
                                 for cid, s in running.items()})
                 time.sleep(POLL_S)
         except KeyboardInterrupt as exc:  # SIGTERM / SIGINT / a user signal (ablations.commands)
@@ -234,11 +234,11 @@ class LocalRunner:
     def _record_end(self, slot: Slot, g: GridSession, display: GridProgress) -> None:
         """A worker has exited: its cell's status (recorded in MLflow when it could not) shown."""
         g.results[slot.cell.cell_id] = self._finish_cell(slot, slot.proc.returncode, g.writer)
-        result = _read_json(Path(slot.job.cell_dir) / "result.json")
+        result = read_json(Path(slot.job.cell_dir) / "result.json")
         display.ended(slot.cell, g.results[slot.cell.cell_id], result)
 
     def _finish_cell(self, slot: Slot, rc: int, store: GridStore) -> str:
-        result = _read_json(Path(slot.job.cell_dir) / "result.json")
+        result = read_json(Path(slot.job.cell_dir) / "result.json")
         if rc == EXIT_BUSY:
             return "busy"
         status = result.get("status") if result else None
@@ -287,7 +287,7 @@ def _visible_gpus() -> list[str]:
     return ids[:n]
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -33,7 +33,7 @@ from typing import Any
 
 from ablations.grid_tracking import DONE
 from ablations.progress import GridProgress
-from ablations.runner import STOP_GRACE_S, GridOutcome, LocalRunner, _read_json
+from ablations.runner import STOP_GRACE_S, GridOutcome, LocalRunner, read_json
 from ablations.spec import GridSpec
 from ablations.worker import PARENT_DEATH_ENV, CellJob, cell_lock, child_env, wait_forwarding
 from model.config import ConfigError
@@ -61,7 +61,7 @@ class CellTask:
                                           stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         with handling((signal.SIGTERM, signal.SIGINT), raise_stopped):  # submitit ignores TERM
             rc = wait_forwarding(self._proc, forward=signal.SIGTERM)  # once per cell: TERM
-        result = _read_json(cell_dir / "result.json")
+        result = read_json(cell_dir / "result.json")
         return result or {"status": "failed", "cell": job.cell_id, "run_id": job.run_id,
                           "error": f"the worker exited with code {rc} and no result"}
 
@@ -75,7 +75,7 @@ class CellTask:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
             _wait_exited(proc)
-        result = _read_json(Path(job_path).parent / "result.json")
+        result = read_json(Path(job_path).parent / "result.json")
         if result.get("status") in DONE:
             return None
         return DelayedSubmission(CellTask(), job_path)
@@ -172,7 +172,7 @@ class SlurmRunner(LocalRunner):
                 status = result.get("status")
                 g.results[cid] = status if status in (*DONE, "failed", "busy", "interrupted") else "failed"
                 display.ended(cell, g.results[cid], result)
-            display.update({cid: _read_json(Path(job.cell_dir) / "progress.json")
+            display.update({cid: read_json(Path(job.cell_dir) / "progress.json")
                             for cid, (_, job, _) in pending.items()})
             time.sleep(POLL_S if not self.local else 0.5)
 
@@ -199,7 +199,7 @@ def _job_result(handle, job: CellJob, g) -> dict[str, Any]:
     try:
         return handle.result()
     except Exception as exc:  # noqa: BLE001 - the task died: record it, go on
-        written = _read_json(Path(job.cell_dir) / "result.json")
+        written = read_json(Path(job.cell_dir) / "result.json")
         if written:
             return written
         g.writer.mark_failed(job.run_id, f"Slurm task {handle.job_id} ended without a result:\n{exc}")

@@ -71,7 +71,7 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with tmp.open("wb") as f:
@@ -83,7 +83,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -114,10 +114,10 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
             os.replace(tmp, path)
         finally:  # also when an interrupt lands right after the rename
             replaced = not tmp.exists()
-        _write_atomic(path.with_suffix(".pt.sha256"), json.dumps(meta).encode())
+        write_atomic(path.with_suffix(".pt.sha256"), json.dumps(meta).encode())
         replaced = False  # complete: verifiable from here on
-        _write_atomic(d / "latest.json", json.dumps({"file": path.name, **meta}).encode())
-        _fsync_dir(d)
+        write_atomic(d / "latest.json", json.dumps({"file": path.name, **meta}).encode())
+        fsync_dir(d)
     except (OSError, RuntimeError) as exc:
         cause = exc if isinstance(exc, OSError) else watch.error if watch is not None else None
         if cause is None:

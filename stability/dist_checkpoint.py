@@ -31,12 +31,12 @@ import torch.distributed as dist
 from torch import nn
 
 from stability.checkpoint import (
-    _fsync_dir,
-    _write_atomic,
+    fsync_dir,
     list_checkpoints,
     load_file,
     load_latest,
     verify,
+    write_atomic,
 )
 from stability.distributed import DTensor
 
@@ -92,17 +92,17 @@ def save_sharded(directory: str | Path, step: int, model: nn.Module,
     if rank0:
         buf = io.BytesIO()
         torch.save(scalars, buf)
-        _write_atomic(tmp / SCALARS, buf.getvalue())
-        _write_atomic(tmp / MARKER, json.dumps({"step": step, "world_size": dist.get_world_size(),
+        write_atomic(tmp / SCALARS, buf.getvalue())
+        write_atomic(tmp / MARKER, json.dumps({"step": step, "world_size": dist.get_world_size(),
                                                 "format": "torch.distributed.checkpoint"}).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # the same step written again (a rerun): replace it
             old = d / f".step_{step:08d}.dcp.old"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync_dir(d)
+        fsync_dir(d)
         for stale in list_sharded(d)[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
     dist.barrier()
