@@ -30,6 +30,7 @@ from reports import frames as F
 from stability import metric_names as M
 
 LAYER_RE = re.compile(r"^(.+)/layer_(\d+)$")
+MAX_BLOCKS = 100_000  # more runs of one key than this in a frame: it is not grouped, sort it
 REPORT_TEST, REPORT_BOOT = "wilcoxon", 10_000  # build_report's defaults: the same numbers
 STATUS_ORDER = (*F.STATUSES, *(s for s in ("interrupted",) if s not in F.STATUSES))
 SUMMARY_FIELDS = (F.FINAL_EVAL_LOSS, F.BEST_EVAL_LOSS, F.FINAL_TRAIN_LOSS, F.LOSS_AT_INIT, F.MAX_GRAD_NORM,
@@ -86,7 +87,8 @@ class SeriesIndex:
                                              series["value"]):
                 index.data[(str(rid), str(key))] = (x, y)
         if len(dense):
-            d = dense[dense["layer"].to_numpy() >= 0]
+            per_layer = dense["layer"].to_numpy() >= 0
+            d = dense if per_layer.all() else dense[per_layer]  # no copy of millions of rows for nothing
             if len(d):
                 for (rid, key, layer), x, y in _grouped([d[F.RUN_ID], d["key"], d["layer"]], d["step"],
                                                         d["value"], max_of_duplicates=True):
@@ -139,16 +141,21 @@ def _grouped(keys: list[pd.Series], step_col: pd.Series, value_col: pd.Series,
     for col in keys:
         change |= _changes(col)
     starts = np.flatnonzero(np.r_[True, change])
-    firsts = list(zip(*[col.iloc[starts].tolist() for col in keys]))
-    back = (np.diff(step) < 0) & ~change
-    if len(set(firsts)) < len(firsts) or back.any():  # not grouped and sorted: sort on codes
-        codes = [pd.factorize(col)[0].astype(np.int64) for col in keys]
-        order = np.lexsort((step, *reversed(codes)))
-        step, value = step[order], value[order]
-        change = np.zeros(max(step.size - 1, 0), dtype=bool)
-        for c in codes:
-            c = c[order]
-            change |= c[1:] != c[:-1]
+    interleaved = starts.size > MAX_BLOCKS  # e.g. dense rows, written step by step
+    firsts = [] if interleaved else list(zip(*[col.iloc[starts].tolist() for col in keys]))
+    if interleaved or len(set(firsts)) < len(firsts) or ((np.diff(step) < 0) & ~change).any():
+        group = np.zeros(step.size, dtype=np.int64)
+        for col in keys:
+            codes, uniques = pd.factorize(col)
+            group = group * max(len(uniques), 1) + codes
+        # not grouped and sorted: sort on codes (stable: rows logged in step order stay so)
+        order = np.argsort(group, kind="stable")
+        g, st = group[order], step[order]
+        if ((np.diff(st) < 0) & (g[1:] == g[:-1])).any():
+            order = np.lexsort((step, group))
+            g, st = group[order], step[order]
+        step, value = st, value[order]
+        change = g[1:] != g[:-1]
         starts = np.flatnonzero(np.r_[True, change])
         firsts = list(zip(*[col.iloc[order[starts]].tolist() for col in keys]))
     if max_of_duplicates:

@@ -138,14 +138,18 @@ def test_groups_per_lr_and_a_plain_experiment_is_runs():
     assert not ov["is_grid"] and ov["default_mode"] == "runs" and ov["compare"] is None
 
 
-def test_series_index_from_unsorted_frames_and_dense_layers():
+def test_series_index_from_unsorted_frames_and_dense_layers(monkeypatch):
     grid = synthetic_grid(arms=("a",), seeds=(0,), steps=40)
     shuffled = grid.series.sample(frac=1.0, random_state=0)
-    a, b = SeriesIndex.from_frames(grid.series, grid.dense), SeriesIndex.from_frames(shuffled, grid.dense)
-    assert a.data.keys() == b.data.keys()
+    by_step = grid.dense.sort_values("step", kind="stable")  # as the dense artifact is written
+    a, b = SeriesIndex.from_frames(grid.series, grid.dense), SeriesIndex.from_frames(shuffled, by_step)
+    monkeypatch.setattr("reports.dash_data.MAX_BLOCKS", 1)  # "too many blocks to check": sort at once
+    c = SeriesIndex.from_frames(shuffled, by_step)
+    assert a.data.keys() == b.data.keys() == c.data.keys()
     for k in a.data:
-        np.testing.assert_array_equal(a.data[k][0], b.data[k][0])
-        np.testing.assert_array_equal(a.data[k][1], b.data[k][1])
+        for other in (b, c):
+            np.testing.assert_array_equal(a.data[k][0], other.data[k][0])
+            np.testing.assert_array_equal(a.data[k][1], other.data[k][1])
     rid = "r000_a"
     x, y = a.get(rid, M.layer_key(M.GRAD_NORM, 1))  # from the dense artifact
     dense = grid.dense[(grid.dense["key"] == M.GRAD_NORM) & (grid.dense["layer"] == 1)]
