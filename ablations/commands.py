@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from model.config import ConfigError
-
 SPEC_HELP = "a spec file, or a bundled grid's name (quick, olmo2_section3, lr_sensitivity)"
 
 
@@ -69,33 +67,16 @@ def _status(spec, uri: str | None) -> int:
 def _run(spec, args: argparse.Namespace) -> int:
     import signal
 
-    from ablations.runner import BACKENDS
+    from ablations.backends import RunOptions, runner_for
     from stability.stop import raise_stopped, stop_signals
 
+    runner = runner_for(args.backend, spec, RunOptions(
+        jobs=args.jobs, tracking_uri=args.tracking_uri, runs_dir=args.runs_dir,
+        progress=not args.no_progress, slurm_params=args.slurm_params))
     for sig in stop_signals():  # the runner passes them on to its cells (ablations.runner)
         signal.signal(sig, raise_stopped)
-
-    if args.backend not in BACKENDS:
-        raise ConfigError(f"--backend: {args.backend!r} not in ({', '.join(BACKENDS)})")
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
-    if args.backend == "local":
-        if args.slurm_params:
-            raise ConfigError("--slurm: only with --backend slurm or submitit-local")
-        from ablations.runner import LocalRunner
-
-        runner = LocalRunner(spec, jobs=args.jobs, tracking_uri=args.tracking_uri, runs_dir=args.runs_dir,
-                             progress=not args.no_progress)
-        outcome = runner.run()
-        uri = runner.uri
-    else:
-        from ablations.slurm import SlurmRunner, parse_slurm_params
-
-        runner = SlurmRunner(spec, tracking_uri=args.tracking_uri, runs_dir=args.runs_dir,
-                             local=args.backend == "submitit-local",
-                             params=parse_slurm_params(args.slurm_params), progress=not args.no_progress)
-        outcome = runner.run()
-        uri = runner.uri
+    outcome = runner.run()
+    uri = runner.uri
     c = outcome.counts
     print(f"grid {spec.name}: {outcome.status} ({', '.join(f'{v} {k}' for k, v in c.items() if v)})")
     print(f"MLflow: {uri}  experiment '{spec.name}', parent run {outcome.parent_run_id}")

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,6 @@ from stability.store import absolute_uri, resolve_uri
 if TYPE_CHECKING:
     from stability.tracking_server import LoopbackServer
 
-BACKENDS = ("local", "slurm", "submitit-local")
 POLL_S = 0.5
 STOP_GRACE_S = 120.0  # how long stopped workers get to checkpoint before they are killed
 
@@ -108,25 +108,24 @@ def check_resources(spec: GridSpec, visible_gpus: list[str]) -> None:
                           f"{len(visible_gpus)} ({','.join(visible_gpus)})")
 
 
-class LocalRunner:
-    """Runs a grid's cells as local worker processes."""
+class GridRunner(ABC):
+    """What every backend shares: the grid's cells, their folders and job files, and the grid's
+    begin and end in MLflow (parent run, what is done, the loopback server). A backend runs the
+    remaining cells its own way (`run`); `ablations.backends` names the backends."""
 
-    def __init__(self, spec: GridSpec, *, jobs: int | None = None, tracking_uri: str | None = None,
-                 runs_dir: str | Path = "runs", progress: bool = True) -> None:
+    def __init__(self, spec: GridSpec, *, tracking_uri: str | None = None,
+                 runs_dir: str | Path = "runs", progress: bool = True, threads: int = 0) -> None:
         self.spec = spec
         self.cells = spec.cells()
         self.uri = absolute_uri(resolve_uri(tracking_uri))
         self.runs_dir = Path(runs_dir).resolve() / spec.name
-        self.gpus = _visible_gpus()
-        self.check_resources()
-        self.jobs = jobs or default_jobs(spec, len(self.gpus))
-        cpus = os.cpu_count() or 1
-        self.threads = int(spec.resources.get("cpus", 0) or 0) if jobs is None else 0
-        self.threads = self.threads or max(1, cpus // self.jobs)
         self.progress = progress
+        self.gpus: list[str] = []  # GPUs this machine hands out to cells (local backend)
+        self.threads = threads or int(spec.resources.get("cpus", 0) or 0) or 1
 
-    def check_resources(self) -> None:
-        check_resources(self.spec, self.gpus)
+    @abstractmethod
+    def run(self) -> GridOutcome:
+        """Run every cell not done yet; resumable (a rerun continues)."""
 
     # ------------------------------------------------------------------ preparing cells
     def cell_dir(self, cell: Cell) -> Path:
@@ -148,22 +147,6 @@ class LocalRunner:
         for stale in ("progress.json", "result.json"):  # an earlier attempt's
             (d / stale).unlink(missing_ok=True)
         return job
-
-    def launch(self, cell: Cell, job: CellJob, gpus: list[str]) -> Slot:
-        env = child_env(job.threads)
-        env[PARENT_DEATH_ENV] = "KILL"  # a killed runner leaves no cell behind
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        elif self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        log = open(Path(job.cell_dir) / "worker.log", "ab")  # noqa: SIM115 - the child owns it
-        try:
-            cmd = [sys.executable, "-m", "ablations.worker", str(Path(job.cell_dir) / "job.json")]
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)  # signals come through us
-        finally:
-            log.close()
-        return Slot(cell, job, proc, gpus)
 
     # ------------------------------------------------------------------ the loop
     def begin(self, shared_writers: bool) -> GridSession:
@@ -189,6 +172,37 @@ class LocalRunner:
         final = counts(cell_statuses(self.spec, session.store, with_steps=False))
         status = session.store.close_parent(session.parent, final, interrupted)
         return GridOutcome(session.parent, final, status, session.results)
+
+
+class LocalRunner(GridRunner):
+    """Runs a grid's cells as local worker processes, `jobs` at a time."""
+
+    def __init__(self, spec: GridSpec, *, jobs: int | None = None, tracking_uri: str | None = None,
+                 runs_dir: str | Path = "runs", progress: bool = True) -> None:
+        gpus = _visible_gpus()
+        check_resources(spec, gpus)
+        self.jobs = jobs or default_jobs(spec, len(gpus))
+        cpus = os.cpu_count() or 1
+        threads = int(spec.resources.get("cpus", 0) or 0) if jobs is None else 0
+        super().__init__(spec, tracking_uri=tracking_uri, runs_dir=runs_dir, progress=progress,
+                         threads=threads or max(1, cpus // self.jobs))
+        self.gpus = gpus
+
+    def launch(self, cell: Cell, job: CellJob, gpus: list[str]) -> Slot:
+        env = child_env(job.threads)
+        env[PARENT_DEATH_ENV] = "KILL"  # a killed runner leaves no cell behind
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        elif self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        log = open(Path(job.cell_dir) / "worker.log", "ab")  # noqa: SIM115 - the child owns it
+        try:
+            cmd = [sys.executable, "-m", "ablations.worker", str(Path(job.cell_dir) / "job.json")]
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)  # signals come through us
+        finally:
+            log.close()
+        return Slot(cell, job, proc, gpus)
 
     def run(self) -> GridOutcome:
         g = self.begin(shared_writers=self.jobs > 1)

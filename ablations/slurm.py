@@ -33,7 +33,7 @@ from typing import Any
 
 from ablations.grid_tracking import DONE
 from ablations.progress import GridProgress
-from ablations.runner import STOP_GRACE_S, GridOutcome, LocalRunner, read_json
+from ablations.runner import STOP_GRACE_S, GridOutcome, GridRunner, read_json
 from ablations.spec import GridSpec
 from ablations.worker import PARENT_DEATH_ENV, CellJob, cell_lock, child_env, wait_forwarding
 from model.config import ConfigError
@@ -103,21 +103,17 @@ def parse_slurm_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
-class SlurmRunner(LocalRunner):
+class SlurmRunner(GridRunner):
     """Submits the grid's remaining cells as one job array and follows them to the end."""
 
     def __init__(self, spec: GridSpec, *, tracking_uri: str | None = None, runs_dir: str | Path = "runs",
                  local: bool = False, params: dict[str, Any] | None = None, progress: bool = True) -> None:
-        super().__init__(spec, jobs=None, tracking_uri=tracking_uri, runs_dir=runs_dir, progress=progress)
+        super().__init__(spec, tracking_uri=tracking_uri, runs_dir=runs_dir, progress=progress)
         self.local = local
         self.params = params or {}
         if not local and (self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri):
             raise ConfigError(f"--tracking-uri: Slurm workers need a tracking server every node "
                                   f"reaches (http://host:port), not {self.uri}")
-        self.threads = int(spec.resources.get("cpus", 0) or 0) or self.threads
-
-    def check_resources(self) -> None:
-        """Nothing to check here: Slurm places each task on a node with `gpus` GPUs."""
 
     def _executor(self):
         import submitit
