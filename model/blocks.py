@@ -10,6 +10,8 @@ N1 = `attn_norm`, N2 = `mlp_norm`, N1in = `attn_in_norm`, N2in = `mlp_in_norm` (
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -21,8 +23,9 @@ from model.norms import build_norm
 from model.rope import RotaryEmbedding
 
 
-class Block(nn.Module):
-    """One decoder layer; `cfg.block` picks the norm placement (see module docstring)."""
+class Block(nn.Module, ABC):
+    """One decoder layer: attention, SwiGLU MLP and the norms of its placement (a subclass each,
+    see the module docstring); `build_block` picks the class of `cfg.block`."""
 
     def __init__(self, cfg: ModelConfig, rope: RotaryEmbedding | None = None) -> None:
         super().__init__()
@@ -35,27 +38,55 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.attn_norm = build_norm(cfg.norm_type, cfg.d_model, cfg.norm_eps)
         self.mlp_norm = build_norm(cfg.norm_type, cfg.d_model, cfg.norm_eps)
-        if cfg.block == "peri_norm":
-            self.attn_in_norm = build_norm(cfg.norm_type, cfg.d_model, cfg.norm_eps)
-            self.mlp_in_norm = build_norm(cfg.norm_type, cfg.d_model, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, doc_ids, use_reentrant=False)
-        return self._forward(x, doc_ids)
+            return checkpoint(self.mix, x, doc_ids, use_reentrant=False)
+        return self.mix(x, doc_ids)
 
-    def _forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-        attn = lambda y: self.attn(y, doc_ids)  # noqa: E731
-        if self.placement == "pre_norm":
-            h = x + attn(self.attn_norm(x))
-            return h + self.mlp(self.mlp_norm(h))
-        if self.placement == "post_norm":
-            h = self.attn_norm(x + attn(x))
-            return self.mlp_norm(h + self.mlp(h))
-        if self.placement == "reordered_norm":
-            h = x + self.attn_norm(attn(x))
-            return h + self.mlp_norm(self.mlp(h))
-        if self.placement == "peri_norm":
-            h = x + self.attn_norm(attn(self.attn_in_norm(x)))
-            return h + self.mlp_norm(self.mlp(self.mlp_in_norm(h)))
-        raise ValueError(f"unknown block placement {self.placement!r}")
+    @abstractmethod
+    def mix(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream after this layer: where the norms sit is the subclass's."""
+
+
+class PreNormBlock(Block):
+    def mix(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        h = x + self.attn(self.attn_norm(x), doc_ids)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class PostNormBlock(Block):
+    def mix(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        h = self.attn_norm(x + self.attn(x, doc_ids))
+        return self.mlp_norm(h + self.mlp(h))
+
+
+class ReorderedNormBlock(Block):
+    """OLMo 2's placement: each sublayer's output is normed before it joins the residual stream."""
+
+    def mix(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        h = x + self.attn_norm(self.attn(x, doc_ids))
+        return h + self.mlp_norm(self.mlp(h))
+
+
+class PeriNormBlock(Block):
+    """Norms before and after each sublayer (OLMo-core's peri-LN block)."""
+
+    def __init__(self, cfg: ModelConfig, rope: RotaryEmbedding | None = None) -> None:
+        super().__init__(cfg, rope)
+        self.attn_in_norm = build_norm(cfg.norm_type, cfg.d_model, cfg.norm_eps)
+        self.mlp_in_norm = build_norm(cfg.norm_type, cfg.d_model, cfg.norm_eps)
+
+    def mix(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        h = x + self.attn_norm(self.attn(self.attn_in_norm(x), doc_ids))
+        return h + self.mlp_norm(self.mlp(self.mlp_in_norm(h)))
+
+
+# `model.block` -> its class (the names are ModelConfig.CHOICES["block"]).
+BLOCKS: dict[str, type[Block]] = {"pre_norm": PreNormBlock, "post_norm": PostNormBlock,
+                                  "reordered_norm": ReorderedNormBlock, "peri_norm": PeriNormBlock}
+assert tuple(BLOCKS) == ModelConfig.CHOICES["block"]
+
+
+def build_block(cfg: ModelConfig, rope: RotaryEmbedding | None = None) -> Block:
+    return BLOCKS[cfg.block](cfg, rope)

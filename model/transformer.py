@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.blocks import Block
+from model.blocks import build_block
 from model.config import ModelConfig
 from model.norms import build_norm
 from model.rope import RotaryEmbedding
@@ -21,7 +21,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)  # shared
-        self.blocks = nn.ModuleList(Block(cfg, self.rope) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(build_block(cfg, self.rope) for _ in range(cfg.n_layers))
         self.final_norm = build_norm(cfg.norm_type, cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

@@ -7,7 +7,7 @@ import torch
 from model_reference import randomize_norms, ref_block, ref_mlp
 
 from model import ModelConfig
-from model.blocks import Block
+from model.blocks import Block, build_block
 from model.mlp import SwiGLU
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, mlp_hidden=48, max_seq_len=32,
@@ -15,7 +15,7 @@ CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, mlp_hidden=4
 
 
 def _block(cfg: ModelConfig) -> Block:
-    block = Block(cfg)
+    block = build_block(cfg)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in block.parameters():
