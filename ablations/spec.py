@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.config import ConfigError
+from model.config import ConfigError, suggest
 from stability.config import RunConfig, apply_table, config_hash, parse_override, read_toml, run_preset
 
 __all__ = ["SPEC_PLACE", "Cell", "GridSpec", "load_spec", "parse_spec", "GRIDS_DIR", "bundled_specs"]
@@ -66,12 +65,6 @@ NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 ARM_RE = re.compile(r"[A-Za-z0-9_-]+")  # no dots: places like arms.<arm>.model.x stay unambiguous
 CELL_ID_LEN = 12
 INT64_MAX = 2**63 - 1  # integer keys (seeds, budget) hold 64-bit values, like the RunConfig's
-
-
-def _suggest(name: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{hint}allowed: {', '.join(options)}"
 
 
 def _is_int(v: Any) -> bool:
@@ -275,7 +268,7 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
     """Check the parsed TOML of a spec and return the `GridSpec` (cells not yet resolved)."""
     for key in data:
         if key not in TOP_KEYS:
-            raise ConfigError(f"{_name(key)}: unknown key ({_suggest(key, TOP_KEYS)})")
+            raise ConfigError(f"{_name(key)}: unknown key ({suggest(key, TOP_KEYS)})")
 
     name = data.get("name")
     if name is None:
@@ -319,7 +312,7 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
     budget = _table(data, "budget")
     for key, value in budget.items():
         if key not in BUDGET_KEYS:
-            raise ConfigError(f"budget.{_name(key)}: unknown key ({_suggest(key, BUDGET_KEYS)})")
+            raise ConfigError(f"budget.{_name(key)}: unknown key ({suggest(key, BUDGET_KEYS)})")
         if not _is_int(value) or not 1 <= value <= INT64_MAX:
             raise ConfigError(f"budget.{key}: expected a positive integer (64-bit), got {_short(value)}")
     if "budget" in data and len(budget) != 1:
@@ -330,7 +323,7 @@ def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
     for key, value in resources.items():
         if key not in RESOURCE_KEYS:
             raise ConfigError(f"resources.{_name(key)}: unknown key "
-                              f"({_suggest(key, list(RESOURCE_KEYS))})")
+                              f"({suggest(key, list(RESOURCE_KEYS))})")
         tp, low, inclusive = RESOURCE_KEYS[key]
         ok_type = _is_int(value) if tp is int else _is_number(value)
         ok_range = ok_type and (value >= low if inclusive else value > low)

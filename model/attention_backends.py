@@ -13,10 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model.config import ConfigError, ModelConfig
+from model.config import ModelConfig, check_attention
 
 BACKENDS = ModelConfig.CHOICES["attention"]
-CPU_BACKENDS = ("auto", "sdpa", "eager")
 
 
 @functools.cache
@@ -31,13 +30,7 @@ def xformers_available() -> bool:
 
 def check_attention_backend(name: str, device_type: str) -> None:
     """Raise `ConfigError` if backend `name` cannot run on `device_type` ("cpu", "cuda", ...)."""
-    if name not in BACKENDS:
-        raise ConfigError(f"model.attention: {name!r} is not one of ({', '.join(BACKENDS)})")
-    if name == "xformers" and device_type != "cuda":
-        raise ConfigError(
-            f"model.attention: 'xformers' needs a CUDA device "
-            f"(allowed on {device_type}: {', '.join(CPU_BACKENDS)})"
-        )
+    check_attention(name, device_type)
 
 
 def resolve_attention_backend(name: str, device_type: str) -> str:

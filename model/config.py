@@ -16,6 +16,29 @@ class ConfigError(ValueError):
     """A bad configuration value. The message is one line: `section.key: problem (allowed: ...)`."""
 
 
+def suggest(name: str, options) -> str:
+    """The end of an unknown-name message: "did you mean 'x'? allowed: a, b, ..."."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(options), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}allowed: {', '.join(options)}"
+
+
+# Attention backends that run without CUDA (xformers needs it).
+CPU_ATTENTION = ("auto", "sdpa", "eager")
+
+
+def check_attention(name: str, device_type: str, section: str = "model") -> None:
+    """Raise `ConfigError` if attention backend `name` cannot run on `device_type`."""
+    allowed = ModelConfig.CHOICES["attention"]
+    if name not in allowed:
+        raise ConfigError(f"{section}.attention: {name!r} is not one of ({', '.join(allowed)})")
+    if name == "xformers" and device_type != "cuda":
+        raise ConfigError(f"{section}.attention: 'xformers' needs a CUDA device "
+                          f"(allowed on {device_type}: {', '.join(CPU_ATTENTION)})")
+
+
 def _allowed(values) -> str:
     return ", ".join(str(v) for v in values)
 

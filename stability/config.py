@@ -8,7 +8,6 @@ Every value is type-checked and range-checked before anything is created; a bad 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from model.config import ConfigError, ModelConfig
+from model.config import ConfigError, ModelConfig, check_attention, suggest
 from model.presets import MODEL_PRESETS, model_preset, unknown_preset
 from stability.data.config import DataConfig
 from stability.presets import RECIPE_RUN_KNOBS, SIZE_DEFAULTS
@@ -192,10 +191,8 @@ class RunConfig:
         if any(i >= self.model.n_layers for i in self.probes.layers):
             raise ConfigError(f"probes.layers: {self.probes.layers} has an index outside "
                               f"0..{self.model.n_layers - 1}")
-        if self.train.device == "cpu" and self.model.attention == "xformers":
-            raise ConfigError(
-                "model.attention: 'xformers' needs a CUDA device (allowed on cpu: auto, sdpa, eager)"
-            )
+        if self.train.device == "cpu":
+            check_attention(self.model.attention, "cpu")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -285,12 +282,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
 
 
-def _suggest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{hint}allowed: {', '.join(options)}"
-
-
 def apply_table(obj: Any, table: dict[str, Any], prefix: str = "") -> None:
     """Assign the nested `table` onto dataclass `obj`, type-checking each key."""
     hints = typing.get_type_hints(type(obj))
@@ -299,7 +290,7 @@ def apply_table(obj: Any, table: dict[str, Any], prefix: str = "") -> None:
         dotted = f"{prefix}{key}"
         if key not in names:
             place = dotted if dotted.isprintable() else repr(dotted)  # the message stays one line
-            raise ConfigError(f"{place}: unknown key ({_suggest(key, names)})")
+            raise ConfigError(f"{place}: unknown key ({suggest(key, names)})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
