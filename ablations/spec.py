@@ -40,9 +40,9 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from model.config import ConfigError, suggest
+from model.config import ConfigError
 from stability.config import RunConfig, apply_table, config_hash, parse_override, read_toml, run_preset
 
 __all__ = ["SPEC_PLACE", "Cell", "GridSpec", "load_spec", "parse_spec", "GRIDS_DIR", "bundled_specs"]
@@ -50,36 +50,76 @@ __all__ = ["SPEC_PLACE", "Cell", "GridSpec", "load_spec", "parse_spec", "GRIDS_D
 SPEC_PLACE = "SPEC"  # how messages about the file as a whole name it (the CLI's argument)
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 
-TOP_KEYS = ("name", "description", "preset", "baseline", "seeds", "lrs", "base", "budget", "resources",
-            "arms")
-BUDGET_KEYS = ("steps", "tokens")
-# per-cell resources a runner may use: (type, lower bound, bound inclusive)
-RESOURCE_KEYS: dict[str, tuple[type, float, bool]] = {
-    "cpus": (int, 1, True),
-    "gpus": (int, 0, True),
-    "ranks": (int, 1, True),
-    "mem_gb": (float, 0, False),
-    "time_min": (float, 0, False),
-}
+
+
+@dataclass
+class Budget:
+    """`[budget]`: the steps of every cell, or the tokens they are derived from."""
+
+    steps: int | None = None
+    tokens: int | None = None
+
+    def validate(self, section: str = "budget") -> None:
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        for key, value in given.items():
+            if not 1 <= value <= INT64_MAX:
+                raise ConfigError(f"{section}.{key}: expected a positive integer (64-bit), "
+                                  f"got {_short(value)}")
+        if len(given) != 1:
+            raise ConfigError(f"{section}: give steps or tokens, not both" if given
+                              else f"{section}: give steps = N or tokens = N (or leave [budget] out)")
+
+
+@dataclass
+class Resources:
+    """`[resources]`: what one cell may use (threads, GPUs, data-parallel ranks, Slurm limits)."""
+
+    cpus: int | None = None
+    gpus: int | None = None
+    ranks: int | None = None
+    mem_gb: float | None = None
+    time_min: float | None = None
+
+    BOUNDS: ClassVar[dict[str, tuple[float, bool]]] = {  # lower bound, inclusive
+        "cpus": (1, True), "gpus": (0, True), "ranks": (1, True), "mem_gb": (0, False),
+        "time_min": (0, False)}
+
+    def validate(self, section: str = "resources") -> None:
+        for key, (low, inclusive) in self.BOUNDS.items():
+            value = getattr(self, key)
+            if value is not None and not (value >= low if inclusive else value > low):
+                kind = "an integer" if key in ("cpus", "gpus", "ranks") else "a number"
+                raise ConfigError(f"{section}.{key}: expected {kind} {'>=' if inclusive else '>'} "
+                                  f"{low}, got {value!r}")
+        if self.gpus and self.ranks is not None and self.ranks != self.gpus:
+            raise ConfigError(f"{section}.ranks: with GPUs each rank has one, so ranks must equal "
+                              f"gpus ({self.gpus}), got {self.ranks}")
+
+    def given(self) -> dict[str, float]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class SpecFile:
+    """The keys of a spec file, type-checked by the run config's engine (`apply_table`); `base`
+    and the arms are RunConfig overrides, checked when the cells resolve."""
+
+    name: str = ""
+    description: str = ""
+    preset: str = ""
+    baseline: str = ""
+    seeds: list[int] = field(default_factory=list)
+    lrs: list[float] | None = None
+    base: dict[str, Any] = field(default_factory=dict)
+    budget: Budget = field(default_factory=Budget)
+    resources: Resources = field(default_factory=Resources)
+    arms: dict[str, Any] = field(default_factory=dict)
+
+
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 ARM_RE = re.compile(r"[A-Za-z0-9_-]+")  # no dots: places like arms.<arm>.model.x stay unambiguous
 CELL_ID_LEN = 12
 INT64_MAX = 2**63 - 1  # integer keys (seeds, budget) hold 64-bit values, like the RunConfig's
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_finite(v: int | float) -> bool:
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an integer beyond the float range
-        return False
 
 
 def _short(v: Any) -> str:
@@ -234,13 +274,6 @@ def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
             dst[key] = copy.deepcopy(value)
 
 
-def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a table, got {value!r}")
-    return value
-
-
 # keys the grid itself sets on every cell (an override would be silently replaced)
 def _grid_owned(spec_has_lrs: bool, spec_has_budget: bool) -> dict[tuple[str, str], str]:
     owned = {
@@ -266,104 +299,56 @@ def _check_overrides(place: str, table: dict[str, Any], owned: dict[tuple[str, s
 
 def parse_spec(data: dict[str, Any], path: str = "") -> GridSpec:
     """Check the parsed TOML of a spec and return the `GridSpec` (cells not yet resolved)."""
-    for key in data:
-        if key not in TOP_KEYS:
-            raise ConfigError(f"{_name(key)}: unknown key ({suggest(key, TOP_KEYS)})")
+    f = SpecFile()
+    apply_table(f, data)  # unknown keys ("did you mean"), types, tables
+    _check_header(f, data)
+    owned = _grid_owned(f.lrs is not None, "budget" in data)
+    _check_overrides("base", f.base, owned)
+    arms = _check_arms(f.arms, owned)
+    if not f.baseline:
+        raise ConfigError(f"baseline: required, the arm that is the final recipe (arms: {', '.join(arms)})")
+    if f.baseline not in arms:
+        raise ConfigError(f"baseline: {f.baseline!r} is not an arm (arms: {', '.join(arms)})")
+    return GridSpec(name=f.name, description=f.description, preset=f.preset, baseline=f.baseline,
+                    seeds=list(f.seeds), lrs=f.lrs, base=f.base,
+                    budget={k: v for k, v in dataclasses.asdict(f.budget).items() if v is not None},
+                    resources=f.resources.given(), arms=arms, path=path)
 
-    name = data.get("name")
-    if name is None:
+
+def _check_header(f: SpecFile, data: dict[str, Any]) -> None:
+    """The ranges and rules the types alone do not say."""
+    if "name" not in data:
         raise ConfigError("name: required (the grid / MLflow experiment name)")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ConfigError(f"name: must be a non-empty string of [A-Za-z0-9._-], got {name!r}")
-
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise ConfigError(f"description: expected a string, got {description!r}")
-
-    preset = data.get("preset", "")
-    if not isinstance(preset, str):
-        raise ConfigError(f"preset: expected a string, got {preset!r}")
-    if preset:
-        run_preset(preset)  # raises "preset: unknown ... (allowed: ...)"
-
-    seeds = data.get("seeds")
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(_is_int(s) and 0 <= s <= INT64_MAX for s in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
-        got = "nothing" if seeds is None else repr(seeds)
+    if not NAME_RE.fullmatch(f.name):
+        raise ConfigError(f"name: must be a non-empty string of [A-Za-z0-9._-], got {f.name!r}")
+    if f.preset:
+        run_preset(f.preset)  # raises "preset: unknown ... (allowed: ...)"
+    if not f.seeds or any(not 0 <= s <= INT64_MAX for s in f.seeds) or len(set(f.seeds)) != len(f.seeds):
+        got = repr(f.seeds) if "seeds" in data else "nothing"
         raise ConfigError(f"seeds: must be a non-empty list of distinct integers >= 0, got {got}")
-
-    lrs = data.get("lrs")
-    if lrs is not None:
-        if not isinstance(lrs, list) or not lrs:
-            raise ConfigError(f"lrs: must be a non-empty list of numbers > 0 (or left out), got {lrs!r}")
-        for i, lr in enumerate(lrs):
-            if not _is_number(lr):
-                raise ConfigError(f"lrs[{i}]: expected a number, got {lr!r}")
-            if not (lr > 0 and _is_finite(lr)):
+    if f.lrs is not None:
+        if not f.lrs:
+            raise ConfigError("lrs: must be a non-empty list of numbers > 0 (or left out), got []")
+        for i, lr in enumerate(f.lrs):
+            if not (lr > 0 and math.isfinite(lr)):
                 raise ConfigError(f"lrs[{i}]: must be > 0 and finite, got {_short(lr)}")
-        lrs = [float(lr) for lr in lrs]
-        if len(set(lrs)) != len(lrs):
-            raise ConfigError(f"lrs: values must be distinct, got {lrs}")
+        if len(set(f.lrs)) != len(f.lrs):
+            raise ConfigError(f"lrs: values must be distinct, got {f.lrs}")
+    if "budget" in data:
+        f.budget.validate()
+    f.resources.validate()
 
-    budget = _table(data, "budget")
-    for key, value in budget.items():
-        if key not in BUDGET_KEYS:
-            raise ConfigError(f"budget.{_name(key)}: unknown key ({suggest(key, BUDGET_KEYS)})")
-        if not _is_int(value) or not 1 <= value <= INT64_MAX:
-            raise ConfigError(f"budget.{key}: expected a positive integer (64-bit), got {_short(value)}")
-    if "budget" in data and len(budget) != 1:
-        raise ConfigError("budget: give steps or tokens, not both" if budget
-                          else "budget: give steps = N or tokens = N (or leave [budget] out)")
 
-    resources = _table(data, "resources")
-    for key, value in resources.items():
-        if key not in RESOURCE_KEYS:
-            raise ConfigError(f"resources.{_name(key)}: unknown key "
-                              f"({suggest(key, list(RESOURCE_KEYS))})")
-        tp, low, inclusive = RESOURCE_KEYS[key]
-        ok_type = _is_int(value) if tp is int else _is_number(value)
-        ok_range = ok_type and (value >= low if inclusive else value > low)
-        if not ok_range:
-            kind = "an integer" if tp is int else "a number"
-            bound = f">= {low}" if inclusive else f"> {low}"
-            raise ConfigError(f"resources.{key}: expected {kind} {bound}, got {value!r}")
-    gpus = resources.get("gpus", 0)
-    if gpus and "ranks" in resources and resources["ranks"] != gpus:
-        raise ConfigError(f"resources.ranks: with GPUs each rank has one, so ranks must equal gpus "
-                          f"({gpus}), got {resources['ranks']}")
-
-    owned = _grid_owned(lrs is not None, bool(budget))
-    base = _table(data, "base")
-    _check_overrides("base", base, owned)
-
-    arms_table = data.get("arms")
-    if arms_table is None or arms_table == {}:
+def _check_arms(table: dict[str, Any], owned: dict[tuple[str, str], str]) -> dict[str, dict[str, Any]]:
+    if not table:
         raise ConfigError("arms: at least one arm needed (e.g. [arms.olmo2] for the baseline)")
-    if not isinstance(arms_table, dict):
-        raise ConfigError(f"arms: expected tables [arms.<name>], got {arms_table!r}")
-    arms: dict[str, dict[str, Any]] = {}
-    for arm, overrides in arms_table.items():
+    for arm, overrides in table.items():
         if not ARM_RE.fullmatch(arm):
             raise ConfigError(f"arms.{_name(arm)}: arm names are [A-Za-z0-9_-] (no dots or spaces)")
         if not isinstance(overrides, dict):
             raise ConfigError(f"arms.{arm}: expected a table of RunConfig overrides, got {overrides!r}")
         _check_overrides(f"arms.{arm}", overrides, owned)
-        arms[arm] = overrides
-
-    baseline = data.get("baseline")
-    if baseline is None:
-        raise ConfigError(f"baseline: required, the arm that is the final recipe (arms: {', '.join(arms)})")
-    if not isinstance(baseline, str) or baseline not in arms:
-        raise ConfigError(f"baseline: {baseline!r} is not an arm (arms: {', '.join(arms)})")
-
-    return GridSpec(
-        name=name, description=description, preset=preset, baseline=baseline, seeds=list(seeds),
-        lrs=lrs, base=base, budget=dict(budget), resources=dict(resources), arms=arms, path=path,
-    )
+    return dict(table)
 
 
 def _toml_error(path: Path, exc: Exception) -> ConfigError:
@@ -402,3 +387,6 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 def bundled_specs() -> list[Path]:
     """The spec files shipped in `ablations/grids/`."""
     return sorted(GRIDS_DIR.glob("*.toml"))
+
+
+TOP_KEYS = tuple(f.name for f in dataclasses.fields(SpecFile))  # a spec file's keys

@@ -7,6 +7,7 @@ Every value is type-checked and range-checked before anything is created; a bad 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -229,7 +230,7 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (types.UnionType, typing.Union):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        return f"a list ({_type_name(typing.get_args(tp)[0])} each)"
     return {type(None): "null", bool: "a bool", int: "an integer", float: "a number", str: "a string"}.get(
         tp, str(tp)
     )
@@ -242,6 +243,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         args = typing.get_args(tp)
         if type(None) in args and (value is None or value in _NONE_WORDS):
             return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:  # Optional[X] and not null: X's own message (which item, which type)
+            return _coerce(key, value, others[0])
         for arg in args:
             if arg is type(None):
                 continue
@@ -283,7 +287,8 @@ def _short(value: Any) -> str:
 
 
 def apply_table(obj: Any, table: dict[str, Any], prefix: str = "") -> None:
-    """Assign the nested `table` onto dataclass `obj`, type-checking each key."""
+    """Assign the nested `table` onto dataclass `obj`, type-checking each key (a field typed
+    `dict[...]` takes a free-form table as it is)."""
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in table.items():
@@ -292,7 +297,11 @@ def apply_table(obj: Any, table: dict[str, Any], prefix: str = "") -> None:
             place = dotted if dotted.isprintable() else repr(dotted)  # the message stays one line
             raise ConfigError(f"{place}: unknown key ({suggest(key, names)})")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+        if typing.get_origin(hints[key]) is dict:  # a free-form table, checked by its owner
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected a table, got {value!r}")
+            setattr(obj, key, copy.deepcopy(value))
+        elif dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted}: expected a table of keys, got {value!r}")
             apply_table(current, value, prefix=f"{dotted}.")
