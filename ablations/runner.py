@@ -41,7 +41,7 @@ from ablations.status import cell_statuses, counts
 from ablations.worker import EXIT_BUSY, PARENT_DEATH_ENV, CellJob, child_env, log_tail
 from model.config import ConfigError
 from stability.config import to_toml
-from stability.store import absolute_uri, resolve_uri
+from stability.store import RUNNING, Tag, absolute_uri, resolve_uri
 
 if TYPE_CHECKING:
     from stability.tracking_server import LoopbackServer
@@ -140,7 +140,7 @@ class GridRunner(ABC):
         if run_id is None:
             run_id = store.create_cell_run(cell, parent_run_id)
         else:
-            store.client.set_tag(run_id, "status", "running")
+            store.client.set_tag(run_id, Tag.STATUS, RUNNING)
         job = CellJob(cell.cell_id, cell.arm, cell.seed, cell.lr, run_id, parent_run_id, worker_uri,
                       self.threads, str(d), ranks=self.spec.ranks, store_uri=self.uri)
         job.write(d / "job.json")

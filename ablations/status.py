@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ablations.grid_tracking import CellRun, GridStore
 from ablations.spec import Cell, GridSpec
 from stability import metric_names as M
-from stability.store import retry
+from stability.store import Tag, retry
 
 STATUS_ORDER = ("finished", "diverged", "running", "interrupted", "failed", "pending")
 
@@ -34,8 +34,8 @@ def cell_statuses(spec: GridSpec, store: GridStore, with_steps: bool = True) -> 
             continue
         st = CellStatus(cell, run.status if run.status in STATUS_ORDER else "running", run.run_id,
                         run.metrics.get(M.EVAL_LOSS), run.metrics.get(M.TRAIN_LOSS))
-        if run.tags.get("diverged_at_step"):
-            st.diverged_at_step = int(float(run.tags["diverged_at_step"]))
+        if run.tags.get(Tag.DIVERGED_AT_STEP):
+            st.diverged_at_step = int(float(run.tags[Tag.DIVERGED_AT_STEP]))
         if with_steps and st.status in ("running", "interrupted", "failed"):
             st.step = _last_step(store, run)
         out.append(st)
@@ -44,8 +44,8 @@ def cell_statuses(spec: GridSpec, store: GridStore, with_steps: bool = True) -> 
 
 def _last_step(store: GridStore, run: CellRun) -> int | None:
     """The last step with a train/loss point: an interrupted run's tag says it (steps done)."""
-    if run.status == "interrupted" and run.tags.get("interrupted_at_step"):
-        return int(float(run.tags["interrupted_at_step"])) - 1
+    if run.status == "interrupted" and run.tags.get(Tag.INTERRUPTED_AT_STEP):
+        return int(float(run.tags[Tag.INTERRUPTED_AT_STEP])) - 1
     history = retry(store.client.get_metric_history, run.run_id, M.TRAIN_LOSS)
     return max((m.step for m in history), default=None)
 
