@@ -1,7 +1,8 @@
 """The Markdown and LaTeX report escapes every user string: arm names and the grid name like
 `<script>alert(1)</script>` or `a&b_c%` never reach summary.md or the .md/.tex tables raw.
 
-The HTML dashboards: tests/reports/test_dashboard.py::test_user_strings_are_escaped_everywhere;
+The HTML dashboards: tests/reports/test_dashboard.py::test_static_export_is_json_data_under_a_csp_never_markup
+and tests/reports/test_dashboard_browser.py::test_hostile_names_execute_nothing_static_or_served;
 the escaping functions themselves: tests/reports/test_tables.py::test_escaping."""
 
 from __future__ import annotations
