@@ -36,7 +36,8 @@ class DataConfig:
     ngram_max_n: int = 13  # n-grams of n = 1..ngram_max_n tokens
     ngram_min_repeats: int = 32  # consecutive repeats that make a span "repeated"
     inject_repeats: float = 0.0  # share of training sequences given an inserted repeated span
-    inject_repeat_count: int = 64  # repeats in an injected span (>= ngram_min_repeats is caught)
+    inject_repeat_count: int = 32  # repeats in an injected span (>= ngram_min_repeats is caught)
+    inject_span_share: float = 0.5  # the most of a row an injected span covers (n-grams that fit)
     cache_dir: str = ""  # tokenizer/token cache; "": $STABILITY_CACHE or ~/.cache/olmo-stability
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -72,6 +73,10 @@ class DataConfig:
         if not 0.0 <= self.inject_repeats <= 1.0:
             raise ConfigError(
                 f"{section}.inject_repeats: must be in [0, 1], got {self.inject_repeats}"
+            )
+        if not 0.0 < self.inject_span_share <= 1.0:
+            raise ConfigError(
+                f"{section}.inject_span_share: must be in (0, 1], got {self.inject_span_share}"
             )
         if self.inject_repeat_count < 2:
             raise ConfigError(

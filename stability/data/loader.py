@@ -92,7 +92,7 @@ class PackedData:
             rng = np.random.default_rng([self.seed, step, _INJECT_TAG])
             tokens, _ = inject_repeats(
                 tokens, self.cfg.inject_repeats, self.cfg.inject_repeat_count, rng,
-                self.cfg.ngram_max_n,
+                self.cfg.ngram_max_n, self.cfg.inject_span_share,
             )
         return self._make_batch(tokens, np.asarray(self.train_doc_ids[rows]))
 

@@ -54,12 +54,15 @@ def inject_repeats(
     count: int,
     rng: np.random.Generator,
     max_n: int = 13,
+    span_share: float = 0.5,
 ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """Overwrite, in a share `rate` of rows, a span of one n-gram repeated `count` times.
 
     The number of rows is `rate * B` rounded stochastically (exact in expectation); n is drawn
-    from 1..max_n, the n-gram is copied from the row itself, and the span starts at a random
-    position (cut to fit the row). Returns a copy of `tokens` and the (row, start, end) spans.
+    from the n-grams (1..max_n) whose `count` repeats fit in `span_share` of the row (at least
+    n = 1, cut to fit the row), the n-gram is copied from the row itself, and the span starts at a
+    random position. So a span leaves the rest of its row as it was: the filter masks the span,
+    not the row. Returns a copy of `tokens` and the (row, start, end) spans.
     """
     out = np.array(tokens, copy=True)
     if out.ndim != 2:
@@ -70,7 +73,8 @@ def inject_repeats(
     if k <= 0 or t < 2:
         return out, spans
     for row in np.sort(rng.choice(b, size=k, replace=False)):
-        n = int(rng.integers(1, min(max_n, t) + 1))
+        longest = max(1, min(max_n, int(span_share * t) // count))
+        n = int(rng.integers(1, longest + 1))
         src = int(rng.integers(0, t - n + 1))
         gram = out[row, src : src + n].copy()
         length = min(n * count, t)

@@ -128,3 +128,14 @@ def test_injection_truncates_and_handles_edge_rates() -> None:
     none, spans0 = inject_repeats(tokens, 0.0, 64, np.random.default_rng(0))
     assert spans0 == [] and np.array_equal(none, tokens)
     assert out.shape == tokens.shape
+
+
+def test_an_injected_span_leaves_most_of_its_row_alone() -> None:
+    """32 repeats of n-grams that fit in half a row: the span is masked, the row is not."""
+    tokens = np.random.default_rng(5).integers(0, 50_000, size=(400, 512)).astype(np.uint32)
+    out, spans = inject_repeats(tokens, 1.0, 32, np.random.default_rng(1), max_n=13)
+    lengths = sorted({e - s for _, s, e in spans})
+    assert lengths == [32 * n for n in range(1, 9)]  # n = 1..8: 8 * 32 = 256 = half of 512
+    mask = repeated_ngram_mask(out, 13, 32)
+    assert mask.mean(axis=1).max() <= 0.5 + 13 / 512  # a detected span may extend by < one n-gram
+    assert (mask.sum(axis=1) >= 32).all()  # and every row has its span caught
