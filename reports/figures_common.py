@@ -18,8 +18,10 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import Formatter
 
 from reports import frames as F
+from reports import style as S
 
 log = logging.getLogger("reports.figures")
 
@@ -31,21 +33,116 @@ class MissingData(ValueError):
     """The data a figure needs is not there; the message says what is missing."""
 
 
-def new_figure(name: str, nrows: int = 1, ncols: int = 1, *, width: float | None = None,
+def panel_grid(n_panels: int, width: str = "double", *, max_columns: int | None = None) -> tuple[int, int]:
+    """(rows, columns) for `n_panels` panels: as few rows as `max_columns` (default
+    `style.MAX_COLUMNS[width]`) per row allow, filled evenly."""
+    limit = max_columns or S.MAX_COLUMNS[S.check_width(width)]
+    n = max(n_panels, 1)
+    nrows = -(-n // limit)
+    return nrows, -(-n // nrows)  # balanced rows: 4 panels make 2 x 2, not 3 + 1
+
+
+def new_figure(name: str, nrows: int = 1, ncols: int = 1, *, width: str = "double",
                height: float | None = None, sharex: bool | str = False,
                sharey: bool | str = False) -> tuple[Figure, np.ndarray]:
-    """A constrained-layout Figure labelled `name` on an Agg canvas, and its axes as a 2-D array."""
-    width = width if width is not None else min(4.2 * ncols + 1.0, 18.0)
-    height = height if height is not None else 3.2 * nrows + 0.6
-    fig = Figure(figsize=(width, height), layout="constrained")
+    """A constrained-layout Figure labelled `name` on an Agg canvas, `style.WIDTHS[width]` inches
+    wide (a paper's column or text width), and its axes as a 2-D array.
+
+    `height` defaults to `style.PANEL_HEIGHT[width]` per row plus room for the title and the
+    legend below the panels.
+    """
+    inches = S.WIDTHS[S.check_width(width)]
+    height = height if height is not None else S.PANEL_HEIGHT[width] * nrows + 0.9
+    fig = Figure(figsize=(inches, height), layout="constrained")
     FigureCanvasAgg(fig)
     fig.set_label(name)
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.04, hspace=0.06)
     axes = fig.subplots(nrows, ncols, sharex=sharex, sharey=sharey, squeeze=False)
     fig.skipped = {}
+    fig.width_name = width
     return fig, axes
 
 
-TITLE_WIDTH = 70  # characters per title line on a one-panel figure
+def panel_figure(name: str, n_panels: int, *, width: str = "double", height: float | None = None,
+                 sharex: bool | str = False, sharey: bool | str = False,
+                 max_columns: int | None = None) -> tuple[Figure, list[Axes]]:
+    """`new_figure` with `n_panels` panels wrapped into `panel_grid` rows; the unused cells of the
+    last row are removed. Returns the panels in reading order."""
+    nrows, ncols = panel_grid(n_panels, width, max_columns=max_columns)
+    fig, axes = new_figure(name, nrows, ncols, width=width, height=height, sharex=sharex, sharey=sharey)
+    flat = list(axes.ravel())
+    for ax in flat[n_panels:]:
+        ax.remove()
+    if sharex and nrows > 1:  # a removed cell leaves the panel above it without x tick labels
+        for ax in flat[max(n_panels - ncols, 0):n_panels]:
+            ax.xaxis.set_tick_params(labelbottom=True)
+    return fig, flat[:n_panels]
+
+
+def outer_labels(panels: list[Axes], xlabel: str | None, ylabel: str | None = None) -> None:
+    """x labels on the bottom panel of each column, y labels on the first column (shared axes
+    need them once); None leaves that axis' labels as they are."""
+    for ax in panels:
+        spec = ax.get_subplotspec()
+        below = [p for p in panels if p.get_subplotspec().colspan.start == spec.colspan.start
+                 and p.get_subplotspec().rowspan.start > spec.rowspan.start]
+        if xlabel is not None and not below:
+            ax.set_xlabel(xlabel)
+        if ylabel is not None and spec.colspan.start == 0:
+            ax.set_ylabel(ylabel)
+
+
+def figure_legend(fig: Figure, handles: list, *, title: str | None = None) -> None:
+    """The figure's one legend, below the panels (outside the data), as many columns as fit."""
+    if not handles:
+        return
+    per_row = {"single": 2, "double": 4}[getattr(fig, "width_name", "double")]
+    longest = max(len(h.get_label()) for h in handles)
+    ncols = max(1, min(len(handles), per_row if longest > 18 else per_row + 1))
+    fig.legend(handles=row_major(handles, ncols), loc="outside lower center", ncols=ncols, title=title,
+               handlelength=1.6, columnspacing=1.2)
+
+
+def row_major(items: list, ncols: int) -> list:
+    """`items` reordered so a legend, which fills column by column, reads them row by row."""
+    return [items[i] for c in range(ncols) for i in range(c, len(items), ncols)]
+
+
+def tick_text(x: float) -> str:
+    """A tick label in plain numbers: "0.01", "1", "250", "17,000" (no 10^k, no 3x10^0)."""
+    if x == 0:
+        return "0"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}".replace("-", "\u2212")
+    return f"{x:.6g}".replace("-", "\u2212")
+
+
+class PlainLogFormatter(Formatter):
+    """Log-axis labels in plain numbers: every decade; within an axis spanning less than two
+    decades also 2x and 5x (3x too under one decade), so a narrow log axis still has labels."""
+
+    def __init__(self, minor: bool = False) -> None:
+        self.minor = minor
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        if x <= 0:
+            return ""
+        if not self.minor:
+            return tick_text(x)
+        lo, hi = sorted(abs(v) for v in self.axis.get_view_interval())
+        decades = np.log10(hi / lo) if lo > 0 else np.inf
+        mantissa = round(x / 10.0 ** np.floor(np.log10(x) + 1e-9), 6)
+        keep = {2.0, 5.0} if decades < 2 else set()
+        keep |= {3.0} if decades < 1 else set()
+        return tick_text(x) if mantissa in keep else ""
+
+
+def log_scale(ax: Axes, axis: str = "y") -> None:
+    """A log axis with plain-number labels (`PlainLogFormatter`)."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target.set_major_formatter(PlainLogFormatter())
+    target.set_minor_formatter(PlainLogFormatter(minor=True))
 
 
 def skip(fig: Figure, what: str, reason: str) -> None:
@@ -54,15 +151,21 @@ def skip(fig: Figure, what: str, reason: str) -> None:
     log.info("figure %r: skipped %s: %s", fig.get_label() or "?", what, reason)
 
 
-def finish(fig: Figure, title: str, ax: Axes | None = None) -> Figure:
-    """Set the title (of `ax` for a one-panel figure, else of the figure) and list what was
-    skipped under it."""
+def _skipped_line(skipped: dict[str, str]) -> str:
+    """ "not shown: no_qk_norm (no finite gradient L2 norm points)": what was left out, in words."""
+    items = [f"{S.plain(S.humanize(k) if S.KEY_PATTERN.fullmatch(k) else k)} ({S.plain(S.humanize(v))})"
+             for k, v in skipped.items()]
+    return "not shown: " + "; ".join(items)
+
+
+def finish(fig: Figure, title: str) -> Figure:
+    """Set the figure's one title (over all its panels), wrapped to its width, and say under it
+    what was skipped. `title` is plain words: callers pass human names, never raw keys."""
+    lines = title.split("\n")
     if fig.skipped:
-        title += "\n(skipped: " + "; ".join(f"{k}: {v}" for k, v in fig.skipped.items()) + ")"
-    if ax is not None:  # one panel: keep the title inside the axes' width (legends sit to the right)
-        ax.set_title("\n".join(textwrap.fill(line, TITLE_WIDTH) for line in title.split("\n")))
-    else:
-        fig.suptitle(title)
+        lines.append(_skipped_line(fig.skipped))
+    chars = S.TITLE_CHARS[getattr(fig, "width_name", "double")]
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in lines if line))
     return fig
 
 
@@ -105,7 +208,23 @@ def arm_order(runs: pd.DataFrame, baseline: str | None) -> list[str]:
 
 
 def arm_title(arm: str, baseline: str | None) -> str:
-    return f"{arm} (baseline)" if arm == baseline else str(arm)
+    """The arm's name as given (shown literally), "(baseline)" after the baseline's."""
+    return f"{S.plain(arm)} (baseline)" if arm == baseline else S.plain(arm)
+
+
+def colors_of(arms: list[str], baseline: str | None, colors: dict[str, str] | None) -> dict[str, str]:
+    """`colors` (a report's one mapping) when given, with any arm it lacks added after; else
+    `style.arm_colors(arms, baseline)`."""
+    if colors is None:
+        return S.arm_colors(arms, baseline)
+    missing = [a for a in arms if a not in colors]
+    extra = S.arm_colors([baseline, *colors, *missing] if baseline else [*colors, *missing], baseline)
+    return {**{a: extra[a] for a in missing}, **colors}
+
+
+def lr_title(lr: float | None) -> str:
+    """", lr = 0.01" for a title (nothing without one LR to name)."""
+    return f", lr = {lr:g}" if lr is not None else ""
 
 
 def lr_values(runs: pd.DataFrame) -> list[float]:
@@ -166,12 +285,22 @@ def value_at(series: pd.Series, step: int) -> float:
     return float(s.iloc[-1]) if len(s) else float("nan")
 
 
-def smooth_series(series: pd.Series, window: int) -> pd.Series:
-    """Trailing mean over `window` finite points (window <= 1: unchanged); NaN points stay NaN."""
-    if window is None or window <= 1:
+EMA_MIN_SPAN, EMA_MAX_SPAN, EMA_FRACTION = 5, 250, 20
+
+
+def ema_span(n_points: int) -> int:
+    """The default EMA span: a twentieth of the logged points, between 5 and 250."""
+    return int(min(max(n_points // EMA_FRACTION, EMA_MIN_SPAN), EMA_MAX_SPAN))
+
+
+def ema(series: pd.Series, span: int) -> pd.Series:
+    """Exponential moving average over the finite points, span `span` (alpha = 2 / (span + 1)),
+    debiased (pandas `adjust=True`) so the first points are not pulled toward 0; span <= 1
+    returns `series` unchanged, NaN points stay NaN."""
+    if span is None or span <= 1:
         return series
     finite = series.dropna()
-    return finite.rolling(int(window), min_periods=1).mean().reindex(series.index)
+    return finite.ewm(span=float(span), adjust=True).mean().reindex(series.index)
 
 
 def seed_band(columns: list[pd.Series], band: str | None) -> tuple[np.ndarray, ...]:
@@ -193,15 +322,16 @@ def seed_band(columns: list[pd.Series], band: str | None) -> tuple[np.ndarray, .
     return steps, mean.to_numpy()[keep], lo.to_numpy()[keep], hi.to_numpy()[keep]
 
 
-def spike_events(grid: F.GridData, run_ids, series: str | None = None) -> pd.DataFrame:
-    """Spike events of these runs; `series` keeps only events of that metric ("grad/norm" matches
-    "grad/norm@olmo2" and "grad/norm@olmo_core"); None keeps all."""
+def spike_events(grid: F.GridData, run_ids, series: str | tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Spike events of these runs; `series` keeps only events of that metric (or those metrics):
+    "grad/norm" matches "grad/norm@olmo2" and "grad/norm@olmo_core"; None keeps all."""
     ev = grid.spikes
     if ev is None or not len(ev):
         return pd.DataFrame(columns=list(F.SPIKE_COLUMNS))
     ev = ev[ev[F.RUN_ID].isin(set(run_ids))]
     if series is not None:
-        ev = ev[ev["series"].astype(str).str.split("@").str[0] == series]
+        wanted = {series} if isinstance(series, str) else set(series)
+        ev = ev[ev["series"].astype(str).str.split("@").str[0].isin(wanted)]
     return ev
 
 

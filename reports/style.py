@@ -1,18 +1,26 @@
-"""One look for every report figure: rc settings, stable arm colours, axis labels with units.
+"""One look for every report figure: sizes, rc settings, arm colours, and human-readable labels.
 
-- `style()` is a context manager applying `RC` (font sizes, light grid, colour cycle); figure
-  functions wrap their body in it (or use the `styled` decorator) so the global rcParams are never
-  changed.
-- `arm_colors(arms, baseline)` gives every arm a colour derived from its name (crc32 into
-  `PALETTE`, collisions within one set of arms resolved by probing in name order), so an arm keeps
-  its colour in every figure of a grid; the baseline is always `BASELINE_COLOR` (near black).
-- `axis_label(key)` is the labelled axis (with units) for a metric key, run column or "step".
+- Sizes: a figure is `width="single"` (3.5 in, one column of a two-column paper) or `"double"`
+  (7.2 in, the full text width); saved as a vector PDF and a 300-dpi PNG (`DPI`), at exactly that
+  width (no tight bounding box, so the PNG is 1050 or 2160 pixels wide and drops into LaTeX at
+  100%). Panels wrap into a grid of at most `MAX_COLUMNS[width]` columns.
+- `style()` is a context manager applying `RC` (8 pt text, light grid, embedded TrueType fonts in
+  the PDF) for the body only, so the global rcParams are never changed; `styled` decorates.
+- Colours: `arm_colors(arms, baseline)` gives the baseline black and the other arms the
+  Okabe-Ito colours in the order given (a grid's arm order), then Paul Tol's muted set: all
+  colour-blind safe. A report computes it once from the grid and hands the same mapping to every
+  figure, so an arm has one colour everywhere. Heatmaps use `HEATMAP_CMAP` (cividis, made for
+  colour-vision deficiency), per-layer lines `LAYER_CMAP` (viridis).
+- Labels: `axis_label(key)` ("Gradient L2 norm", "Training loss (CE, nats)") and `metric_name(key)`
+  (the same without the unit) for a metric key, a per-layer key or a runs-frame column; unknown
+  metric keys fall back on their `stability.metric_names.REGISTRY` description, never the raw key.
+  `humanize(text)` replaces every raw key inside a sentence (a skip reason, a note).
 """
 
 from __future__ import annotations
 
 import functools
-import zlib
+import re
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
@@ -23,83 +31,183 @@ from cycler import cycler
 from reports import frames as F
 from stability import metric_names as M
 
-BASELINE_COLOR = "#1a1a1a"
-# tab10 without its grey: arms hash into these while a grid has at most 9 non-baseline arms.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
-           "#17becf")
-# Larger grids hash into PALETTE plus these darker tab20b colours.
-PALETTE_EXTRA = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
-SPIKE_COLOR = "#d62728"
+# ------------------------------------------------------------------------------------ sizes
+
+WIDTHS: dict[str, float] = {"single": 3.5, "double": 7.2}  # inches
+MAX_COLUMNS: dict[str, int] = {"single": 2, "double": 3}  # panels per row
+PANEL_HEIGHT: dict[str, float] = {"single": 1.9, "double": 2.2}  # inches per row of panels
+DPI = 300
+# characters per title line at 8 pt over the figure's width
+TITLE_CHARS: dict[str, int] = {"single": 52, "double": 110}
+
+# ---------------------------------------------------------------------------------- colours
+
+BASELINE_COLOR = "#000000"
+# Okabe & Ito (2008) without black (the baseline's); yellow last, it is faint on white.
+PALETTE = ("#E69F00", "#56B4E9", "#009E73", "#CC79A7", "#0072B2", "#D55E00", "#F0E442")
+# Paul Tol's "muted" scheme, for grids of more than len(PALETTE) arms besides the baseline.
+PALETTE_EXTRA = ("#332288", "#88CCEE", "#117733", "#999933", "#882255", "#44AA99", "#DDCC77", "#AA4499")
+SPIKE_COLOR = "#D55E00"
+MARKER_EDGE = "#000000"
 DIVERGED_MARKER = "x"
 SPIKE_MARKER = "^"
-LINESTYLES = ("-", "--", ":", "-.")
+OPTIMUM_MARKER = "*"
 LAYER_CMAP = "viridis"
-HEATMAP_CMAP = "magma"
+HEATMAP_CMAP = "cividis"
+RAW_ALPHA = 0.28  # the faint raw series under a smoothed one
+BAND_ALPHA = 0.18  # the seed band
 
 RC: dict[str, object] = {
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
-    "figure.titlesize": 11,
-    "legend.fontsize": 7.5,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "figure.titlesize": 8.5,
+    "legend.fontsize": 7,
+    "legend.title_fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.linewidth": 0.6,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
     "axes.grid": True,
     "grid.alpha": 0.3,
-    "grid.linewidth": 0.5,
+    "grid.linewidth": 0.4,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.prop_cycle": cycler(color=list(PALETTE)),
-    "lines.linewidth": 1.3,
-    "lines.markersize": 5,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4,
     "legend.frameon": False,
     "image.cmap": LAYER_CMAP,
-    "savefig.dpi": 150,
-    "savefig.bbox": "tight",
+    "figure.dpi": 100,
+    "savefig.dpi": DPI,
+    "savefig.bbox": "standard",  # keep the exact column width
+    "pdf.fonttype": 42,  # TrueType, so the text in a PDF stays text (editable, searchable)
+    "ps.fonttype": 42,
+    "svg.fonttype": "none",
 }
 
-STEP_LABEL = "step"
-LR_LABEL = "peak learning rate"
-LAYER_LABEL = "layer"
-ARM_LABEL = "arm"
-D_MODEL_LABEL = "d_model (model width)"
+# ----------------------------------------------------------------------------------- labels
 
-LABELS: dict[str, str] = {
-    "step": STEP_LABEL,
-    M.TRAIN_LOSS: "train loss (nats/token)",
-    M.TRAIN_CE_LOSS: "train cross-entropy (nats/token)",
-    M.EVAL_LOSS: "eval loss (nats/token)",
-    M.GRAD_NORM: "grad L2 norm",
-    M.PARAM_NORM_EMBED: "embedding L2 norm",
-    M.PARAM_NORM: "parameter L2 norm",
-    M.LOGITS_LOG_Z_MEAN: r"mean $\log Z$ (log-sum-exp of logits, nats)",
-    M.LOGITS_LOG_Z_MAX: r"max $\log Z$ (log-sum-exp of logits, nats)",
-    M.ATTN_LOGIT_MAX: r"max attention logit $\langle q,k\rangle/\sqrt{d_\mathrm{head}}$",
-    M.UPDATE_RMS: r"update RMS of $\hat m/(\sqrt{\hat v}+\epsilon)$",
-    M.OPTIM_EPS_REGIME: r"share of entries with $\sqrt{\hat v}<\epsilon$",
-    M.TRAIN_LR: "learning rate",
-    F.LR: LR_LABEL,
-    F.FINAL_EVAL_LOSS: "final eval loss (nats/token)",
-    F.BEST_EVAL_LOSS: "best eval loss (nats/token)",
-    F.FINAL_TRAIN_LOSS: "final train loss (nats/token)",
-    F.SPIKE_SCORE_LOSS: r"loss spike score (% of points $\geq 7\sigma$)",
-    F.SPIKE_SCORE_GRAD_NORM: r"grad-norm spike score (% of points $\geq 7\sigma$)",
-    M.SPIKE_SCORE_LOSS: r"loss spike score (% of points $\geq 7\sigma$)",
-    M.SPIKE_SCORE_GRAD_NORM: r"grad-norm spike score (% of points $\geq 7\sigma$)",
-    F.GROWTH_ACT: r"growth exponent $\lambda$, activations",
-    F.GROWTH_GRAD: r"growth exponent $\lambda$, gradients",
-    F.D_MODEL: D_MODEL_LABEL,
-    F.MAX_GRAD_NORM: "max grad L2 norm",
-    F.MAX_ATTN_LOGIT: r"max attention logit $\langle q,k\rangle/\sqrt{d_\mathrm{head}}$",
-    F.FINAL_LOG_Z: r"final mean $\log Z$ (nats)",
-    "layer": LAYER_LABEL,
+STEP_LABEL = "Step"
+LR_LABEL = "Peak learning rate"
+LAYER_LABEL = "Layer"
+ARM_LABEL = "Arm"
+D_MODEL_LABEL = r"Model width $d_\mathrm{model}$"
+NATS = "nats"
+
+# key -> (name, unit); axis_label is "name (unit)"
+_NAMES: dict[str, tuple[str, str]] = {
+    "step": (STEP_LABEL, ""),
+    "layer": (LAYER_LABEL, ""),
+    M.TRAIN_LOSS: ("Training loss", "CE + z-loss, nats"),
+    M.TRAIN_CE_LOSS: ("Training loss", "CE, nats"),
+    M.TRAIN_Z_LOSS: ("z-loss", "scaled, nats"),
+    M.EVAL_LOSS: ("Eval loss", "CE, nats"),
+    M.GRAD_NORM: ("Gradient L2 norm", ""),
+    M.GRAD_NORM_EMBED: ("Embedding gradient L2 norm", ""),
+    M.PARAM_NORM_EMBED: ("Embedding L2 norm", ""),
+    M.PARAM_NORM: ("Parameter L2 norm", ""),
+    M.LOGITS_LOG_Z_MEAN: ("Mean log Z", NATS),
+    M.LOGITS_LOG_Z_MAX: ("Max log Z", NATS),
+    M.ATTN_LOGIT_MAX: ("Max attention logit", ""),
+    M.UPDATE_RMS: ("Adam update RMS", ""),
+    M.OPTIM_EPS_REGIME: ("Eps-regime share", r"$\sqrt{\hat v}<\epsilon$"),
+    M.ACT_RMS: ("Residual-stream RMS", ""),
+    M.TRAIN_LR: ("Learning rate", ""),
+    M.SPIKE_SCORE_LOSS: ("Loss spike score", "%"),
+    M.SPIKE_SCORE_GRAD_NORM: ("Grad-norm spike score", "%"),
+    M.INIT_GROWTH_ACT: (r"Growth exponent $\lambda$, activations", ""),
+    M.INIT_GROWTH_GRAD: (r"Growth exponent $\lambda$, gradients", ""),
+    F.LR: (LR_LABEL, ""),
+    F.SEED: ("Seed", ""),
+    F.FINAL_EVAL_LOSS: ("Final eval loss", "CE, nats"),
+    F.BEST_EVAL_LOSS: ("Best eval loss", "CE, nats"),
+    F.FINAL_TRAIN_LOSS: ("Final training loss", NATS),
+    F.LOSS_AT_INIT: ("Loss at init", NATS),
+    F.MAX_GRAD_NORM: ("Max gradient L2 norm", ""),
+    F.MAX_ATTN_LOGIT: ("Max attention logit", ""),
+    F.FINAL_LOG_Z: ("Final mean log Z", NATS),
+    F.SPIKE_SCORE_LOSS: ("Loss spike score", "%"),
+    F.SPIKE_SCORE_GRAD_NORM: ("Grad-norm spike score", "%"),
+    F.N_SPIKES: ("Spike events", "count"),
+    F.GROWTH_ACT: (r"Growth exponent $\lambda$, activations", ""),
+    F.GROWTH_GRAD: (r"Growth exponent $\lambda$, gradients", ""),
+    F.D_MODEL: (D_MODEL_LABEL, ""),
+    F.DIVERGED_AT_STEP: ("Step of divergence", ""),
+    F.LAST_STEP: ("Last step", ""),
+    "lambda_act": (r"Growth exponent $\lambda$, activations", ""),
+    "lambda_grad": (r"Growth exponent $\lambda$, gradients", ""),
 }
+# How raw keys look inside a sentence: a metric key (`grad/norm`, `grad/norm/layer_3`, `x@olmo2`)
+# or a runs-frame column with an underscore (`final_eval_loss`).
+KEY_PATTERN = re.compile(r"(?<![\w/\\])[a-z][a-z0-9_]*(?:/[A-Za-z0-9_]+)+(?:@\w+)?")
+_LAYER = re.compile(r"^(?P<base>.+)/layer_(?P<layer>\d+)$")
+COLUMN_NAMES = tuple(sorted({c for c in F.RUN_COLUMNS if "_" in c} | {"lambda_act", "lambda_grad"},
+                            key=len, reverse=True))
+_COLUMN_PATTERN = re.compile(r"\b(" + "|".join(map(re.escape, COLUMN_NAMES)) + r")\b")
+
+
+def _declared_name(key: str) -> str | None:
+    """A name from the metric registry's description: its first clause, capitalised."""
+    found = M.REGISTRY.declared(key) or next((m for m in M.REGISTRY if m.key == key), None)
+    if found is None:
+        return None
+    what = re.split(r"[;(]", found.what)[0].strip().rstrip(",")
+    return what[:1].upper() + what[1:]
+
+
+def _lookup(key: str) -> tuple[str, str]:
+    """(name, unit) of a metric key, per-layer key or runs column; a plain-words fallback."""
+    key = str(key).split("@")[0]
+    if key in _NAMES:
+        return _NAMES[key]
+    layer = _LAYER.match(key)
+    if layer:
+        name, unit = _lookup(layer["base"])
+        return f"{name}, layer {layer['layer']}", unit
+    declared = _declared_name(key)
+    if declared:
+        return declared, ""
+    words = re.sub(r"[/_]+", " ", key).strip()
+    return (words[:1].upper() + words[1:]) or "value", ""
+
+
+def metric_name(key: str) -> str:
+    """The human name of a metric key or runs column, without unit ("Gradient L2 norm")."""
+    return _lookup(key)[0]
+
+
+def unit_of(key: str) -> str:
+    """The unit of a metric key or runs column ("CE, nats", "%"), "" when it has none."""
+    return _lookup(key)[1]
 
 
 def axis_label(key: str) -> str:
-    """The axis label (with units) for a metric key or run column; the key itself when unknown."""
-    return LABELS.get(key, key)
+    """The axis label of a metric key or runs column, with its unit ("Training loss (CE, nats)")."""
+    name, unit = _lookup(key)
+    return f"{name} ({unit})" if unit else name
 
+
+def lower_first(text: str) -> str:
+    """`text` with its first letter lower-cased, for use inside a sentence (keeps "L2", "Adam")."""
+    first = text.split(" ", 1)[0]
+    keep = first.isupper() or first in ("Adam", "AdamW") or any(c.isdigit() for c in first)
+    return text if keep or not text else text[:1].lower() + text[1:]
+
+
+def humanize(text: str) -> str:
+    """`text` with every raw metric key and runs column name replaced by its human name."""
+    text = KEY_PATTERN.sub(lambda m: lower_first(metric_name(m.group())), str(text))
+    return _COLUMN_PATTERN.sub(lambda m: lower_first(metric_name(m.group())), text)
+
+
+def plain(text: str) -> str:
+    """A user string (arm or grid name) shown literally: "$" would start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+# ------------------------------------------------------------------------------ rc and colours
 
 @contextmanager
 def style():
@@ -119,38 +227,30 @@ def styled(fn: Callable) -> Callable:
     return wrapper
 
 
-def arm_colors(arms: Iterable[str], baseline: str | None = None) -> dict[str, str]:
-    """A colour per arm, derived from its name; the baseline gets `BASELINE_COLOR`.
+def check_width(width: str) -> str:
+    if width not in WIDTHS:
+        raise ValueError(f"width must be one of {sorted(WIDTHS)}, got {width!r}")
+    return width
 
-    The preferred slot is crc32(name) mod the palette size (`PALETTE`, or `PALETTE` +
-    `PALETTE_EXTRA` for more than len(PALETTE) arms); arms are placed in name order and move to the
-    next free slot on a collision, so the result depends only on the set of arms (never on their
-    order) and every figure of one grid agrees. Beyond the palette size colours repeat.
+
+def arm_colors(arms: Iterable[str], baseline: str | None = None) -> dict[str, str]:
+    """A colour per arm: the baseline `BASELINE_COLOR`, the others `PALETTE` then `PALETTE_EXTRA`
+    in the order given (colours repeat beyond 15 arms).
+
+    The order is the caller's, so pass the grid's arms (`GridData.arms`) and hand the result to
+    every figure: an arm then has one colour in every figure of a report, the first arm after the
+    baseline is orange, the next sky blue, and so on.
     """
     names = list(dict.fromkeys(a for a in arms if a is not None))
-    others = sorted((n for n in names if n != baseline), key=str)
-    palette = PALETTE if len(others) <= len(PALETTE) else PALETTE + PALETTE_EXTRA
-    out: dict[str, str] = {}
-    used: set[int] = set()
-    for name in others:
-        slot = zlib.crc32(str(name).encode()) % len(palette)
-        if len(used) < len(palette):
-            while slot in used:
-                slot = (slot + 1) % len(palette)
-        used.add(slot)
-        out[name] = palette[slot]
+    colours = PALETTE + PALETTE_EXTRA
+    others = [n for n in names if n != baseline]
+    out = {name: colours[i % len(colours)] for i, name in enumerate(others)}
     if baseline is not None and baseline in names:
         out[baseline] = BASELINE_COLOR
     return {n: out[n] for n in names}
 
 
 def layer_colors(n_layers: int) -> list[tuple[float, float, float, float]]:
-    """`n_layers` colours along `LAYER_CMAP` (layer 0 dark, last layer light)."""
+    """`n_layers` colours along `LAYER_CMAP` (layer 0 dark, the last layer light)."""
     cmap = mpl.colormaps[LAYER_CMAP]
     return [cmap(x) for x in np.linspace(0.0, 0.9, max(n_layers, 1))][:n_layers]
-
-
-def lr_linestyles(lrs: Iterable[float]) -> dict[float, str]:
-    """A line style per learning rate, in increasing LR order."""
-    ordered = sorted(set(float(x) for x in lrs))
-    return {lr: LINESTYLES[i % len(LINESTYLES)] for i, lr in enumerate(ordered)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -12,6 +13,8 @@ from matplotlib.figure import Figure
 from scipy import stats as sps
 
 from reports import figures as R
+from reports import figures_common as D
+from reports import figures_summary as FS
 from reports import frames as F
 from reports import style as S
 from reports.stats import compare_arms
@@ -25,9 +28,21 @@ SPIKES = {("olmo0424", 0, 1e-2): [80, 150], ("olmo2", 2, 1e-2): [100]}
 ARMS = ("olmo2", "no_qk_norm", "olmo0424")
 
 
+LOSS_SPIKE = ("olmo0424", 0, 1e-2, 80)  # a loss event where the synthetic loss has its bump
+
+
 @pytest.fixture(scope="module")
 def grid() -> F.GridData:
-    return synthetic_grid(lrs=LRS, diverged={DIV: DIV_STEP}, spike_steps=SPIKES)
+    g = synthetic_grid(lrs=LRS, diverged={DIV: DIV_STEP}, spike_steps=SPIKES)
+    arm, seed, lr, step = LOSS_SPIKE
+    rid = run_id(g, arm, seed, lr)
+    loss = g.metric(M.TRAIN_LOSS)
+    value = float(loss.loc[(loss[F.RUN_ID] == rid) & (loss["step"] == step), "value"].iloc[0])
+    event = {F.RUN_ID: rid, "step": step, "series": "train/loss@olmo2", "value": value, "sigma": 8.0,
+             "mean": 4.0, "std": 0.1, "leading_layer": 1, "leading_sigma": 9.0, "attn_logit_rising": True,
+             "log_z_rising": False}
+    g.spikes = pd.concat([g.spikes, pd.DataFrame([event])], ignore_index=True)
+    return g
 
 
 @pytest.fixture(autouse=True)
@@ -53,13 +68,44 @@ def run_id(grid, arm, seed, lr) -> str:
     return r.loc[(r[F.ARM] == arm) & (r[F.SEED] == seed) & np.isclose(r[F.LR], lr), F.RUN_ID].item()
 
 
+def panels(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
 def assert_axes_labelled(fig: Figure) -> None:
+    """Every column of panels has an x label and every row a y label (shared axes are labelled
+    once, on the outer panels); a colour bar has its label."""
     for ax in fig.axes:
         if ax.get_label() == "<colorbar>":
             assert ax.get_ylabel() or ax.get_xlabel()
-            continue
-        assert ax.get_xlabel().strip(), ax
-        assert ax.get_ylabel().strip(), ax
+    axes = panels(fig)
+    for col in {ax.get_subplotspec().colspan.start for ax in axes}:
+        assert any(ax.get_xlabel().strip() for ax in axes if ax.get_subplotspec().colspan.start == col), col
+    for row in {ax.get_subplotspec().rowspan.start for ax in axes}:
+        assert any(ax.get_ylabel().strip() for ax in axes if ax.get_subplotspec().rowspan.start == row), row
+
+
+def legend_texts(fig: Figure) -> list[str]:
+    """The figure legends' entries in reading order (rows top to bottom, left to right)."""
+    fig.canvas.draw()
+    texts = [t for leg in fig.legends for t in leg.get_texts()]
+    boxes = {id(t): t.get_window_extent() for t in texts}
+    return [t.get_text() for t in sorted(texts, key=lambda t: (-round(boxes[id(t)].y0), boxes[id(t)].x0))]
+
+
+def raw_seed_mean(grid, metric, arm, lr) -> pd.Series:
+    """The mean over an arm's seeds at one LR of the raw values (NaN and inf skipped)."""
+    s = grid.metric(metric)
+    ids = grid.runs.loc[(grid.runs[F.ARM] == arm) & np.isclose(grid.runs[F.LR], lr), F.RUN_ID]
+    s = s[s[F.RUN_ID].isin(set(ids))].assign(value=lambda d: d["value"].replace([np.inf, -np.inf], np.nan))
+    return s.groupby("step")["value"].mean()
+
+
+def ema_seed_mean(grid, metric, arm, lr, span) -> pd.Series:
+    s = grid.metric(metric)
+    ids = grid.runs.loc[(grid.runs[F.ARM] == arm) & np.isclose(grid.runs[F.LR], lr), F.RUN_ID]
+    per_run = [s[s[F.RUN_ID] == r].set_index("step")["value"].ewm(span=span, adjust=True).mean() for r in ids]
+    return pd.concat(per_run, axis=1).mean(axis=1)
 
 
 def compare_frame() -> pd.DataFrame:
@@ -77,85 +123,125 @@ def compare_frame() -> pd.DataFrame:
 # ---------------------------------------------------------------- style
 
 
-def test_arm_colors_stable_baseline_dark_and_distinct():
-    c1 = S.arm_colors(["olmo2", "no_qk_norm", "olmo0424"], baseline="olmo2")
-    c2 = S.arm_colors(["olmo0424", "olmo2", "no_qk_norm"], baseline="olmo2")
-    assert c1 == c2 and c1["olmo2"] == S.BASELINE_COLOR
-    many = [f"arm{i}" for i in range(9)]
-    colors = S.arm_colors(many + ["base"], baseline="base")
-    assert len(set(colors[a] for a in many)) == 9 and S.BASELINE_COLOR not in [colors[a] for a in many]
-    assert S.axis_label(M.GRAD_NORM) == "grad L2 norm" and S.axis_label("step") == "step"
-    assert "attention logit" in S.axis_label(M.ATTN_LOGIT_MAX)
+def test_arm_colors_baseline_black_then_okabe_ito_in_grid_order():
+    c = S.arm_colors(["olmo2", "no_qk_norm", "olmo0424"], baseline="olmo2")
+    assert c == {"olmo2": S.BASELINE_COLOR, "no_qk_norm": S.PALETTE[0], "olmo0424": S.PALETTE[1]}
+    assert S.BASELINE_COLOR == "#000000" and S.PALETTE[:3] == ("#E69F00", "#56B4E9", "#009E73")
+    many = [f"arm{i}" for i in range(15)]
+    colors = S.arm_colors(["base", *many], baseline="base")
+    assert len({colors[a] for a in many}) == 15 and S.BASELINE_COLOR not in [colors[a] for a in many]
+    assert S.arm_colors(["a", "b"]) == {"a": S.PALETTE[0], "b": S.PALETTE[1]}  # no baseline: no black
+    assert S.HEATMAP_CMAP == "cividis" and S.LAYER_CMAP == "viridis"
+
+
+def test_labels_are_words_with_units():
+    assert S.axis_label(M.GRAD_NORM) == "Gradient L2 norm" and S.axis_label("step") == "Step"
+    assert S.axis_label(M.TRAIN_CE_LOSS) == "Training loss (CE, nats)"
+    assert S.axis_label(M.ATTN_LOGIT_MAX) == "Max attention logit"
+    assert S.axis_label(F.LR) == "Peak learning rate"
+    assert S.axis_label(F.FINAL_EVAL_LOSS) == "Final eval loss (CE, nats)"
+    assert S.axis_label(M.layer_key(M.GRAD_NORM, 3)) == "Gradient L2 norm, layer 3"
+    assert S.metric_name(M.ATTN_ENTROPY_MIN) == "Min entropy of the attention rows"  # from the registry
+    assert S.metric_name("some/unknown_key") == "Some unknown key"
+    assert S.humanize("no finite grad/norm points; diverged runs count as loss_at_init") == \
+        "no finite gradient L2 norm points; diverged runs count as loss at init"
 
 
 # ---------------------------------------------------------------- curves over steps
 
 
-def test_loss_curves_lines_spikes_and_divergence(grid):
+def test_loss_curves_ema_over_faint_raw_one_panel_per_lr(grid):
     fig = R.loss_curves(grid)
     assert fig.skipped == {}
+    assert [ax.get_title() for ax in panels(fig)] == [f"lr = {lr:g}" for lr in LRS]
     for arm in ARMS:
         means = gid_objs(fig, f"mean|{arm}|")
         assert sorted(m.get_gid().split("|")[2] for m in means) == sorted(f"{lr:g}" for lr in LRS)
-        assert len(gid_objs(fig, f"band|{arm}|")) == 3
-    # seed mean of the baseline at lr 1e-2 is the mean of its three runs' losses
-    loss = grid.metric(M.TRAIN_LOSS)
-    ids = [run_id(grid, "olmo2", s, 1e-2) for s in (0, 1, 2)]
-    expect = loss[loss[F.RUN_ID].isin(ids)].groupby("step")["value"].mean()
-    line = one(fig, "mean|olmo2|0.01")
-    np.testing.assert_allclose(line.get_ydata(), expect.to_numpy())
-    # spikes: x at the spike steps, y on the run's own loss
-    sp = one(fig, "spikes|olmo0424|0.01")
-    assert list(sp.get_xdata()) == [80, 150]
-    rid = run_id(grid, "olmo0424", 0, 1e-2)
-    own = loss[loss[F.RUN_ID] == rid].set_index("step")["value"]
-    np.testing.assert_allclose(sp.get_ydata(), own.loc[[80, 150]].to_numpy())
-    assert list(one(fig, "spikes|olmo2|0.01").get_xdata()) == [100]
-    assert not gid_objs(fig, "spikes|no_qk_norm")
-    # the diverged run: an x at (diverged_at_step, its last finite loss)
+        assert len(gid_objs(fig, f"band|{arm}|")) == 3 and len(gid_objs(fig, f"raw|{arm}|")) == 3
+    span = D.ema_span(200)
+    assert span == 10 and f"EMAs (span {span} points)" in fig.get_suptitle()
+    # the bold line: the seed mean of each run's EMA; the faint one: the raw seed mean
+    np.testing.assert_allclose(one(fig, "mean|olmo2|0.01").get_ydata(),
+                               ema_seed_mean(grid, M.TRAIN_LOSS, "olmo2", 1e-2, span).to_numpy())
+    raw = one(fig, "raw|olmo2|0.01")
+    np.testing.assert_allclose(raw.get_ydata(), raw_seed_mean(grid, M.TRAIN_LOSS, "olmo2", 1e-2).to_numpy())
+    assert raw.get_alpha() == S.RAW_ALPHA
+    assert raw.get_linewidth() < one(fig, "mean|olmo2|0.01").get_linewidth()
+    # only the loss event is marked (grad-norm events belong on the grad-norm figure), at the arm's
+    # raw seed mean there: on the line drawn, not at the one seed's own (spiked) loss
+    arm, seed, lr, step = LOSS_SPIKE
+    sp = one(fig, f"spikes|{arm}|{lr:g}")
+    mean_there = raw_seed_mean(grid, M.TRAIN_LOSS, arm, lr).loc[step]
+    assert list(sp.get_xdata()) == [step]
+    np.testing.assert_allclose(sp.get_ydata(), [mean_there])
+    own = grid.metric(M.TRAIN_LOSS)
+    own = own[own[F.RUN_ID] == run_id(grid, arm, seed, lr)].set_index("step")["value"].loc[step]
+    assert own > mean_there + 0.1
+    assert len(gid_objs(fig, "spikes|")) == 1
+    # the diverged run: an x on the arm's raw seed mean at the divergence step
     div = one(fig, "diverged|olmo0424|0.1")
-    drid = run_id(grid, *DIV)
-    dl = loss[loss[F.RUN_ID] == drid].set_index("step")["value"]
-    assert np.isnan(dl.loc[DIV_STEP])
     assert list(div.get_xdata()) == [DIV_STEP] and div.get_marker() == S.DIVERGED_MARKER
-    np.testing.assert_allclose(div.get_ydata(), [dl.loc[DIV_STEP - 1]])
+    np.testing.assert_allclose(div.get_ydata(), [raw_seed_mean(grid, M.TRAIN_LOSS, *DIV[::2]).loc[DIV_STEP]])
     assert len(gid_objs(fig, "diverged|")) == 1
-    labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert "diverged" in labels and "spike" in labels
-    ax = fig.axes[0]
-    assert ax.get_yscale() == "linear" and ax.get_xlabel() == "step" and "loss" in ax.get_ylabel()
+    labels = legend_texts(fig)
+    assert len(fig.legends) == 1 and {"diverged", "loss spike", "raw seed mean"} <= set(labels)
+    assert labels[:3] == ["olmo2 (baseline), n=3", "no_qk_norm, n=3", "olmo0424, n=3"]
+    ax = panels(fig)[0]
+    assert ax.get_yscale() == "linear" and ax.get_xlabel() == "Step"
+    assert ax.get_ylabel() == "Training loss (CE + z-loss, nats)"
     assert_axes_labelled(fig)
 
 
+def test_loss_curves_prefer_the_cross_entropy():
+    g = synthetic_grid(seeds=(0,), steps=40)
+    ce = g.series[g.series["metric"] == M.TRAIN_LOSS].assign(metric=M.TRAIN_CE_LOSS)
+    g.series = pd.concat([g.series, ce.assign(value=ce["value"] - 0.1)], ignore_index=True)
+    fig = R.loss_curves(g)
+    assert panels(fig)[0].get_ylabel() == "Training loss (CE, nats)"
+    np.testing.assert_allclose(one(fig, "mean|olmo2|0.003").get_ydata(),
+                               ema_seed_mean(g, M.TRAIN_CE_LOSS, "olmo2", 3e-3, D.ema_span(40)).to_numpy())
+
+
 def test_loss_curves_options(grid):
-    fig = R.loss_curves(grid, smooth=10, lr=1e-2, logy=True, band="sd")
-    assert fig.axes[0].get_yscale() == "log"
+    fig = R.loss_curves(grid, smooth=25, lr=1e-2, logy=True, band="sd")
+    (ax,) = panels(fig)
+    assert ax.get_yscale() == "log" and "lr = 0.01" in fig.get_suptitle()
     for arm in ARMS:
         assert [m.get_gid() for m in gid_objs(fig, f"mean|{arm}|")] == [f"mean|{arm}|0.01"]
-    # smoothing: a trailing 10-point mean per run before averaging over seeds
-    loss = grid.metric(M.TRAIN_LOSS)
-    ids = [run_id(grid, "no_qk_norm", s, 1e-2) for s in (0, 1, 2)]
-    sm = [loss[loss[F.RUN_ID] == r].set_index("step")["value"].rolling(10, min_periods=1).mean() for r in ids]
     np.testing.assert_allclose(one(fig, "mean|no_qk_norm|0.01").get_ydata(),
-                               pd.concat(sm, axis=1).mean(axis=1))
+                               ema_seed_mean(grid, M.TRAIN_LOSS, "no_qk_norm", 1e-2, 25).to_numpy())
+    raw = R.loss_curves(grid, smooth=1, lr=1e-2)  # unsmoothed: the bold line is the raw mean
+    assert not gid_objs(raw, "raw|")
+    np.testing.assert_allclose(one(raw, "mean|olmo2|0.01").get_ydata(),
+                               raw_seed_mean(grid, M.TRAIN_LOSS, "olmo2", 1e-2).to_numpy())
+    assert "raw seed mean" not in legend_texts(raw) and "EMA" not in raw.get_suptitle()
     with pytest.raises(R.MissingData, match="no runs at lr"):
         R.loss_curves(grid, lr=0.5)
+    with pytest.raises(ValueError, match="band"):
+        R.loss_curves(grid, band="iqr")
 
 
 def test_grad_norm_curves_spikes_on_the_grad_norm(grid):
     fig = R.grad_norm_curves(grid)
-    assert fig.axes[0].get_yscale() == "log" and fig.axes[0].get_ylabel() == "grad L2 norm"
+    ax = panels(fig)[1]  # lr 0.01
+    assert ax.get_yscale() == "log" and panels(fig)[0].get_ylabel() == "Gradient L2 norm"
     sp = one(fig, "spikes|olmo0424|0.01")
-    ev = grid.spikes[grid.spikes[F.RUN_ID] == run_id(grid, "olmo0424", 0, 1e-2)].sort_values("step")
-    assert list(sp.get_xdata()) == ev["step"].tolist()
-    np.testing.assert_allclose(sp.get_ydata(), ev["value"])  # the event value is the grad norm there
-    # the diverged run's last grad norm is inf: the x sits on the last finite value
+    assert list(sp.get_xdata()) == SPIKES[("olmo0424", 0, 1e-2)]
+    mean = raw_seed_mean(grid, M.GRAD_NORM, "olmo0424", 1e-2)
+    np.testing.assert_allclose(sp.get_ydata(), mean.loc[SPIKES[("olmo0424", 0, 1e-2)]].to_numpy())
+    line = one(fig, "raw|olmo0424|0.01")  # the marker sits on the faint line it marks
+    np.testing.assert_allclose(np.interp(sp.get_xdata(), line.get_xdata(), line.get_ydata()), sp.get_ydata())
+    assert list(one(fig, "spikes|olmo2|0.01").get_xdata()) == [100]
+    assert len(gid_objs(fig, "spikes|")) == 2  # the loss event is not a grad-norm spike
+    assert "grad-norm spike" in legend_texts(fig)
+    # the diverged run's last grad norm is inf: the x sits on the other seeds' mean there
     gn = grid.metric(M.GRAD_NORM)
-    dg = gn[gn[F.RUN_ID] == run_id(grid, *DIV)].set_index("step")["value"]
-    assert np.isinf(dg.loc[DIV_STEP])
-    np.testing.assert_allclose(one(fig, "diverged|olmo0424|0.1").get_ydata(), [dg.loc[DIV_STEP - 1]])
-    # filtering spikes by series: no loss-series events in the synthetic grid
-    assert not gid_objs(R.grad_norm_curves(grid, spike_series=M.TRAIN_LOSS), "spikes|")
+    assert np.isinf(gn[gn[F.RUN_ID] == run_id(grid, *DIV)].set_index("step")["value"].loc[DIV_STEP])
+    np.testing.assert_allclose(one(fig, "diverged|olmo0424|0.1").get_ydata(),
+                               [raw_seed_mean(grid, M.GRAD_NORM, "olmo0424", 0.1).loc[DIV_STEP]])
+    fig.canvas.draw()
+    labels = [t.get_text() for t in panels(fig)[0].get_yticklabels(which="both") if t.get_text()]
+    assert labels and not any("times" in t or "^" in t for t in labels)  # plain numbers, no 3x10^0
 
 
 def test_log_z_and_embedding_norm_curves(grid):
@@ -163,11 +249,12 @@ def test_log_z_and_embedding_norm_curves(grid):
         fig = fn(grid)
         assert len(gid_objs(fig, "mean|")) == len(ARMS) * len(LRS)
         assert not gid_objs(fig, "spikes|")
-        assert fig.axes[0].get_ylabel() == S.axis_label(metric)
+        assert panels(fig)[0].get_ylabel() == S.axis_label(metric)
         assert_axes_labelled(fig)
-    fig = R.log_z_curves(grid, lr=1e-3)
+    fig = R.log_z_curves(grid, smooth=1, lr=1e-3)
     s = np.asarray(one(fig, "mean|olmo0424|0.001").get_xdata(), dtype=float)
     np.testing.assert_allclose(one(fig, "mean|olmo0424|0.001").get_ydata(), 0.1 + 0.002 * s)
+    assert panels(fig)[0].get_ylabel() == "Mean log Z (nats)"
 
 
 def test_arm_without_data_is_skipped_with_reason(grid, caplog):
@@ -180,7 +267,7 @@ def test_arm_without_data_is_skipped_with_reason(grid, caplog):
     assert fig.skipped == {"no_qk_norm": "no finite grad/norm points"}
     assert not gid_objs(fig, "mean|no_qk_norm") and len(gid_objs(fig, "mean|olmo2|")) == 3
     assert "no_qk_norm" in caplog.text and "no finite grad/norm points" in caplog.text
-    assert "skipped" in fig.axes[0].get_title()
+    assert "not shown: no_qk_norm (no finite gradient L2 norm points)" in fig.get_suptitle()
     empty = F.GridData(grid.name, grid.runs, s[s["metric"] != M.GRAD_NORM])
     with pytest.raises(R.MissingData, match="grad/norm"):
         R.grad_norm_curves(empty)
@@ -196,25 +283,39 @@ def test_layer_grad_heatmap(grid):
     d = d[(d[F.RUN_ID] == rid) & (d["key"] == M.GRAD_NORM) & (d["head"] == -1)]
     expect = d.pivot(index="layer", columns="step", values="value").to_numpy()
     np.testing.assert_allclose(np.ma.getdata(arr), expect)
-    assert mesh.norm.__class__.__name__ == "LogNorm"
+    assert mesh.norm.__class__.__name__ == "LogNorm" and mesh.get_cmap().name == "cividis"
     ticks = one(fig, "spike_ticks")
-    assert list(ticks.get_xdata()) == [80, 150]
-    assert list(one(fig, "spike_leading").get_ydata()) == [1, 1]  # led by layer 1
-    ax = fig.axes[0]
-    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "layer"
+    assert sorted(ticks.get_xdata()) == [80, 80, 150]  # both events of the run, loss and grad norm
+    assert list(one(fig, "spike_leading").get_ydata()) == [1, 1, 1]  # led by layer 1
+    ax = panels(fig)[0]
+    assert ax.get_xlabel() == "Step" and ax.get_ylabel() == "Layer"
+    assert fig.get_suptitle() == "olmo0424, seed 0, lr = 0.01: gradient L2 norm per layer"
+    assert set(legend_texts(fig)) == {"spike (any series)", "its leading layer"}
     assert_axes_labelled(fig)
     # the diverged run: non-finite grad norms are masked, the divergence is marked
     fig = R.layer_grad_heatmap(grid, run_id(grid, *DIV))
     arr = one(fig, "heatmap").get_array()
     assert arr.shape == (4, DIV_STEP + 1) and arr.mask[:, -1].all() and not arr.mask[:, :-1].any()
-    assert list(one(fig, "diverged").get_xdata()) == [DIV_STEP]
+    assert list(one(fig, "diverged").get_xdata()) == [DIV_STEP] and "diverged" in legend_texts(fig)
     with pytest.raises(R.MissingData):
         R.layer_grad_heatmap(grid, "no_such_run")
 
 
-def test_attn_logit_curves_dense_and_series_fallback(grid):
-    fig = R.attn_logit_curves(grid)  # several LRs: the baseline's best LR (1e-2)
-    assert len(fig.axes) == 3 and "lr=0.01" in fig.get_suptitle()
+def test_attn_logit_curves_max_over_layers_per_arm(grid):
+    fig = R.attn_logit_curves(grid)
+    assert len(panels(fig)) == len(LRS) and all(ax.get_yscale() == "log" for ax in panels(fig))
+    # max over layers and heads: layer 0, head 0 (5 + 3), flat for the baseline, growing otherwise
+    np.testing.assert_allclose(one(fig, "mean|olmo2|0.01").get_ydata(), 8.0)
+    line = one(fig, "mean|no_qk_norm|0.01")
+    np.testing.assert_allclose(line.get_ydata(), 8.0 * (1.0 + np.asarray(line.get_xdata()) / 20.0))
+    assert panels(fig)[0].get_ylabel() == "Max attention logit"
+    assert legend_texts(fig)[:3] == ["olmo2 (baseline), n=3", "no_qk_norm, n=3", "olmo0424, n=3"]
+    assert_axes_labelled(fig)
+
+
+def test_attn_logit_layers_dense_and_series_fallback(grid):
+    fig = R.attn_logit_layers(grid)  # several LRs: the baseline's best LR (1e-2)
+    assert len(panels(fig)) == 3 and "lr = 0.01" in fig.get_suptitle()
     for arm in ARMS:
         assert len(gid_objs(fig, f"layer|{arm}|")) == 4
     # max over heads (head 0) of layer l is 5 + (3 - l) for the baseline, growing for the others
@@ -222,23 +323,36 @@ def test_attn_logit_curves_dense_and_series_fallback(grid):
     np.testing.assert_allclose(one(fig, "layer|olmo2|3").get_ydata(), 5.0)
     line = one(fig, "layer|no_qk_norm|0")
     np.testing.assert_allclose(line.get_ydata(), 8.0 * (1.0 + np.asarray(line.get_xdata()) / 20.0))
-    assert "attention logit" in fig.axes[0].get_ylabel()
+    assert "attention logit" in panels(fig)[0].get_ylabel()
+    assert len(fig.legends) == 1 and legend_texts(fig) == [f"layer {i}" for i in range(4)]
     assert_axes_labelled(fig)
     dense = grid.dense[grid.dense["key"] != M.ATTN_LOGIT_MAX]
     no_dense = F.GridData(grid.name, grid.runs, grid.series, dense, baseline=grid.baseline)
-    fig2 = R.attn_logit_curves(no_dense)
+    fig2 = R.attn_logit_layers(no_dense)
     for gid in ("layer|olmo2|0", "layer|no_qk_norm|0", "layer|olmo0424|2"):
         np.testing.assert_allclose(one(fig2, gid).get_ydata(), one(fig, gid).get_ydata())
 
 
+def test_attn_logit_layers_wrap_into_rows():
+    g = synthetic_grid(arms=("a", "b", "c", "d", "e"), seeds=(0,), steps=20, baseline="a")
+    fig = R.attn_logit_layers(g)
+    rows = sorted({ax.get_subplotspec().rowspan.start for ax in panels(fig)})
+    assert len(panels(fig)) == 5 and rows == [0, 1]  # 3 + 2, never 5 in a row
+    narrow = R.attn_logit_layers(g, width="single")
+    assert max(ax.get_subplotspec().colspan.start for ax in panels(narrow)) == 1  # 2 columns
+
+
 def test_update_rms_and_eps(grid):
     fig = R.update_rms_and_eps(grid, lr=1e-3)
-    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert len(axes) == 2 * len(ARMS)
-    for layer in range(4):
-        np.testing.assert_allclose(one_in(axes[0], f"layer|olmo2|{layer}").get_ydata(), 0.5 + 0.1 * layer)
-        np.testing.assert_allclose(one_in(axes[3], f"layer|olmo2|{layer}").get_ydata(), 0.01 * layer)
-    assert "update RMS" in axes[0].get_ylabel() and "epsilon" in axes[3].get_ylabel()
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == ["Training loss", "Gradient L2 norm", "Adam update RMS",
+                                               "Eps-regime share"]
+    assert {ax.get_subplotspec().rowspan.start for ax in axes} == {0, 1}  # 2 x 2
+    # update RMS: 0.5 + 0.1 * layer, mean over 4 layers; eps share 0.01 * layer
+    np.testing.assert_allclose(one_in(axes[2], "mean|olmo2|0.001").get_ydata(), 0.65)
+    np.testing.assert_allclose(one_in(axes[3], "mean|olmo0424|0.001").get_ydata(), 0.015)
+    assert [ax.get_yscale() for ax in axes] == ["linear", "log", "log", "linear"]
+    assert "update RMS" in axes[2].get_ylabel() and "epsilon" in axes[3].get_ylabel()
     assert_axes_labelled(fig)
     bare = F.GridData(grid.name, grid.runs, grid.series, grid.dense.iloc[0:0], baseline=grid.baseline)
     with pytest.raises(R.MissingData):
@@ -259,8 +373,11 @@ def test_lr_sensitivity_figure(grid):
                            "sensitivity_sd": 0.0, "optimal_lr": 1e-2, "best_loss": [3.7, 3.7, 3.8],
                            "n_diverged": [0, 0, 1]})
     fig = R.lr_sensitivity_figure(grid, lrsens)
-    ax = fig.axes[0]
-    assert ax.get_xscale() == "log" and ax.get_xlabel() == S.LR_LABEL and "eval loss" in ax.get_ylabel()
+    loss_ax, attn_ax = panels(fig)
+    for ax in (loss_ax, attn_ax):
+        assert ax.get_xscale() == "log" and ax.get_xlabel() == S.LR_LABEL
+    assert "eval loss" in loss_ax.get_ylabel() and attn_ax.get_ylabel() == "Max attention logit"
+    assert attn_ax.get_yscale() == "log"
     runs = grid.runs
     drow = runs[runs[F.RUN_ID] == run_id(grid, *DIV)].iloc[0]
     div = one(fig, "diverged|olmo0424")
@@ -274,11 +391,25 @@ def test_lr_sensitivity_figure(grid):
     mean = one(fig, "mean|olmo0424")
     assert list(mean.get_xdata()) == list(LRS)
     np.testing.assert_allclose(mean.get_ydata()[2], y.mean())
-    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    # the attention panel: the seed mean of each run's max attention logit per LR
+    attn = runs[runs[F.ARM] == "no_qk_norm"].groupby(F.LR)[F.MAX_ATTN_LOGIT].mean()
+    np.testing.assert_allclose(one(fig, "attn_mean|no_qk_norm").get_ydata(), attn.to_numpy())
+    np.testing.assert_allclose(one(fig, "attn_diverged|olmo0424").get_ydata(), [drow[F.MAX_ATTN_LOGIT]])
+    labels = legend_texts(fig)
+    assert len(fig.legends) == 1
     assert any(t.startswith("diverged") for t in labels) and any("sensitivity 0.3" in t for t in labels)
+    assert "optimal LR" in labels and "one seed" in labels
     np.testing.assert_allclose(one(fig, "optimal|olmo0424").get_ydata(), [3.8])
+    assert [t.get_text() for t in loss_ax.get_xticklabels()] == ["0.001", "0.01", "0.1"]
     with pytest.raises(R.MissingData, match=">= 2 learning rates"):
         R.lr_sensitivity_figure(synthetic_grid(seeds=(0,), steps=60))
+
+
+def test_lr_sensitivity_without_attention_logits_has_one_panel(grid):
+    runs = grid.runs.assign(**{F.MAX_ATTN_LOGIT: np.nan})
+    fig = R.lr_sensitivity_figure(runs)
+    assert len(panels(fig)) == 1 and fig.skipped == {"attention panel": f"no {F.MAX_ATTN_LOGIT} value"}
+    assert "not shown: attention panel (no max attention logit value)" in fig.get_suptitle()
 
 
 def test_growth_vs_width_accepts_both_column_names(grid):
@@ -287,13 +418,16 @@ def test_growth_vs_width_accepts_both_column_names(grid):
                           "lambda_grad": [0.0, 0.0, 0.0, -0.1, -0.2, -0.3]})
     fig = R.growth_vs_width(probe)
     act, grad = fig.axes
-    assert act.get_xlabel() and "activations" in act.get_ylabel() and "gradients" in grad.get_ylabel()
+    assert act.get_xlabel() == S.D_MODEL_LABEL and "activations" in act.get_ylabel()
+    assert "gradients" in grad.get_ylabel()
     np.testing.assert_allclose(one_in(act, "mean|mitchell").get_ydata(), [0.1, 0.2, 0.3])
     np.testing.assert_allclose(one_in(grad, "mean|mitchell").get_ydata(), [-0.1, -0.2, -0.3])
     assert list(one_in(act, "mean|normal").get_xdata()) == [64, 128, 256]
+    assert [t.get_text() for t in act.get_xticklabels()] == ["64", "128", "256"]
     for ax in (act, grad):
         zero = one_in(ax, "zero")
         assert list(zero.get_ydata()) == [0, 0]
+    assert legend_texts(fig) == ["normal", "mitchell"] and fig.legends[0].get_title().get_text() == "init"
     renamed = probe.rename(columns={"lambda_act": "growth_act", "lambda_grad": "growth_grad"})
     fig2 = R.growth_vs_width(renamed)
     np.testing.assert_allclose(one_in(fig2.axes[0], "mean|normal").get_ydata(), [0.01, 0.0, -0.01])
@@ -321,9 +455,17 @@ def test_spike_scores_figure_from_runs(grid):
     ci = [c for c in gn_ax.collections if c.get_gid() == "ci|olmo0424"][0]
     np.testing.assert_allclose(ci.get_segments()[0][:, 1], [max(x.mean() - half, 0.0), x.mean() + half])
     ptext = [t for t in gn_ax.texts if t.get_gid() == "p|olmo0424"]
-    assert ptext and ptext[0].get_text() == "p_holm=0.4"
+    assert ptext and ptext[0].get_text() == "Holm p = 0.4"
     assert not [t for t in loss_ax.texts if t.get_gid() == "p|olmo0424"]  # no loss rows in cmp
-    assert "loss spike score" in loss_ax.get_ylabel() and "grad-norm" in gn_ax.get_ylabel()
+    assert loss_ax.get_ylabel() == "Loss spike score (%)"
+    assert gn_ax.get_ylabel() == "Grad-norm spike score (%)"
+    assert [a.get_title() for a in fig.axes] == ["Loss", "Gradient norm"]
+    assert legend_texts(fig) == ["seed mean", "one seed", "95% t-interval"]
+    # one colour per arm, the same as in the curves
+    colors = S.arm_colors(grid.arms, grid.baseline)
+    for arm in ARMS:
+        bar = [p for p in gn_ax.patches if p.get_gid() == f"bar|{arm}"][0]
+        assert mcolors.to_hex(bar.get_facecolor()) == colors[arm].lower()
     assert_axes_labelled(fig)
 
 
@@ -334,7 +476,7 @@ def test_spike_scores_figure_from_compare_frame():
     np.testing.assert_allclose(ci.get_segments()[0][:, 1], [-0.1, 0.6])
     bar = [p for p in ax.patches if p.get_gid() == "bar|olmo0424"][0]
     np.testing.assert_allclose(bar.get_height(), 0.17)
-    assert "olmo2" in ax.get_ylabel()
+    assert "olmo2" in ax.get_ylabel() and legend_texts(fig)[0] == "mean paired difference"
 
 
 def test_forest_plot_whiskers_zero_line_and_annotations():
@@ -350,15 +492,50 @@ def test_forest_plot_whiskers_zero_line_and_annotations():
     np.testing.assert_allclose(one_in(ax, "diff|olmo0424").get_xdata(), [0.30])
     zero = one_in(ax, "zero")
     assert list(zero.get_xdata()) == [0, 0]
-    texts = {t.get_gid(): t.get_text() for t in ax.texts}
-    assert texts["annot|no_qk_norm"] == "p_holm=0.02, n=3"
-    assert texts["annot|olmo0424"] == "n=2: too few seeds"
+    assert FS.forest_annotations(fig) == {"no_qk_norm": "+0.0500 [0.0100, 0.0900]  Holm p = 0.02  n=3",
+                                          "olmo0424": "+0.300  n=2: too few seeds"}
     ticks = {t.get_text(): y for t, y in zip(ax.get_yticklabels(), ax.get_yticks())}
     assert ticks == {"no_qk_norm": 1, "olmo0424": 0}  # first arm on top
     assert one_in(ax, "diff|olmo0424").get_ydata()[0] == 0
-    assert "olmo2" in ax.get_xlabel() and ax.get_ylabel() == "arm"
+    assert ax.get_xlabel() == "Δ final eval loss, arm − olmo2 (CE, nats)" and ax.get_ylabel() == "Arm"
+    assert ax.get_xscale() == "linear"  # 0.05 and 0.3: under two decades apart
+    assert legend_texts(fig) == ["mean paired difference", "95% bootstrap CI"]
     with pytest.raises(R.MissingData, match="no compare rows"):
         R.forest_plot(cmp, "nope")
+
+
+def test_forest_plot_goes_symlog_when_differences_span_decades():
+    rows = [("no_qk_norm", 17921.0, 15662.0, 18461.0), ("pre_norm", 8.26, 5.52, 11.0),
+            ("no_z_loss", 2.89, 2.45, 3.33), ("olmo0424", 193.0, 180.0, 206.0)]
+    cmp = pd.DataFrame(rows, columns=["arm", "mean_diff", "ci_low", "ci_high"]).assign(
+        metric=F.MAX_ATTN_LOGIT, n_pairs=2, p_holm=np.nan, note="")
+    fig = R.forest_plot(cmp, F.MAX_ATTN_LOGIT, baseline="olmo2")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "symlog"
+    assert FS.symlog_threshold(cmp["mean_diff"]) == 100.0  # the decade of the median difference
+    # both readable: +193 and +17,921 sit more than a tenth of the axis apart, and in order
+    to_axes = ax.transData.transform
+    x = {arm: to_axes((one_in(ax, f"diff|{arm}").get_xdata()[0], 0))[0] for arm in ("olmo0424", "no_qk_norm")}
+    width = ax.get_window_extent().width
+    assert (x["no_qk_norm"] - x["olmo0424"]) / width > 0.1
+    assert ax.get_xlim()[0] > -100  # inside the linear part: no decades wasted left of 0 (no data there)
+    notes = FS.forest_annotations(fig)
+    assert notes["no_qk_norm"] == "+17,921 [15,662, 18,461]  n=2" and notes["olmo0424"].startswith("+193 [")
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert "10,000" in labels and not any("^" in t for t in labels)
+    assert FS.symlog_threshold([0.05, 0.3]) is None
+
+
+def test_forest_panels_one_axis_per_metric():
+    cmp = compare_frame()
+    fig = R.forest_panels(cmp, (F.FINAL_EVAL_LOSS, F.SPIKE_SCORE_GRAD_NORM, "nope"), baseline="olmo2")
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == ["Final eval loss", "Grad-norm spike score"]
+    assert axes[0].get_xlabel() != axes[1].get_xlabel()  # each metric its own x axis and unit
+    np.testing.assert_allclose(one_in(axes[1], "diff|olmo0424").get_xdata(), [0.17])
+    assert list(fig.skipped) == ["nope"] and len(fig.legends) == 1
+    with pytest.raises(R.MissingData, match="no compare rows"):
+        R.forest_panels(cmp, ("nope",))
 
 
 # ---------------------------------------------------------------- saving and the report
@@ -370,10 +547,11 @@ def test_save_figure_png_pdf_atomic(tmp_path):
     assert [p.name for p in paths] == ["forest_eval_loss.png", "forest_eval_loss.pdf"]
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths[1].read_bytes()[:4] == b"%PDF"
-    # dpi 150: width in pixels = inches * 150 (bbox tight trims a little)
-    w = int.from_bytes(paths[0].read_bytes()[16:20], "big")
-    assert 0.7 * 7.0 * 150 < w <= 7.0 * 150 + 20
+    # 300 dpi at exactly the text width: 7.2 in is 2160 pixels (no tight bounding box)
+    assert png_size(paths[0]) == (2160, round(fig.get_figheight() * 300))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)
+    again = R.save_figure(fig, tmp_path / "again", "forest: eval/loss")
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]  # no timestamps
 
     class Boom(Exception):
         pass
@@ -389,6 +567,11 @@ def test_save_figure_png_pdf_atomic(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)
 
 
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def test_report_figures_makes_what_the_data_supports(tmp_path, caplog):
     small = synthetic_grid(seeds=(0, 1), lrs=(1e-3, 1e-2), steps=60, diverged={("olmo0424", 1, 1e-3): 40},
                            spike_steps={("olmo0424", 0, 1e-2): [30, 45], ("olmo2", 1, 1e-2): [20, 50],
@@ -396,16 +579,24 @@ def test_report_figures_makes_what_the_data_supports(tmp_path, caplog):
     reasons: dict[str, str] = {}
     with caplog.at_level(logging.INFO, logger="reports.figures"):
         paths = R.report_figures(small, compare_frame(), None, tmp_path, reasons=reasons, formats=("png",))
-    stems = {p.stem for p in paths}
+    double = {p.stem for p in paths if p.parent == tmp_path}
+    single = {p.stem for p in paths if p.parent == tmp_path / "single"}
     # worst arm: olmo0424 (two spikes in one run) over no_qk_norm (one)
-    assert stems == {"loss_curves", "grad_norm_curves", "layer_grad_heatmap_baseline",
-                     "layer_grad_heatmap_worst_arm_olmo0424", "attn_logit_curves", "log_z_curves",
-                     "embedding_norm_curves", "update_rms_and_eps", "lr_sensitivity", "spike_scores",
-                     f"forest_{F.FINAL_EVAL_LOSS}", f"forest_{F.SPIKE_SCORE_GRAD_NORM}"}
-    assert len(paths) == len(stems)
+    assert double == {"loss_curves", "grad_norm_curves", "layer_grad_heatmap_baseline",
+                      "layer_grad_heatmap_worst_arm_olmo0424", "attn_logit_curves", "attn_logit_layers",
+                      "log_z_curves", "embedding_norm_curves", "update_rms_and_eps", "lr_sensitivity",
+                      "spike_scores", f"forest_{F.FINAL_EVAL_LOSS}", f"forest_{F.SPIKE_SCORE_GRAD_NORM}",
+                      "forest_headline"}
+    assert single == double and len(paths) == 2 * len(double)
     assert all(p.suffix == ".png" and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    assert {png_size(p)[0] for p in paths if p.parent == tmp_path} == {2160}
+    assert {png_size(p)[0] for p in paths if p.parent == tmp_path / "single"} == {1050}
     assert reasons == {"growth_vs_width": "growth exponents for 1 width(s), need >= 2"}
     assert "growth_vs_width skipped" in caplog.text
+    one_width = R.report_figures(small, out_dir=tmp_path / "d", formats=("pdf",), widths=("double",))
+    assert {p.parent for p in one_width} == {tmp_path / "d"} and all(p.suffix == ".pdf" for p in one_width)
+    with pytest.raises(ValueError, match="width"):
+        R.report_figures(small, out_dir=tmp_path / "x", widths=("wide",))
 
 
 def test_report_figures_skips_with_reasons(tmp_path, caplog):
@@ -414,9 +605,10 @@ def test_report_figures_skips_with_reasons(tmp_path, caplog):
                    g.spikes, g.params, baseline=None)
     reasons: dict[str, str] = {}
     with caplog.at_level(logging.INFO, logger="reports.figures"):
-        paths = R.report_figures(g, out_dir=tmp_path, reasons=reasons, formats=("png",))
+        paths = R.report_figures(g, out_dir=tmp_path, reasons=reasons, formats=("png",), widths=("double",))
     stems = {p.stem for p in paths}
-    assert {"loss_curves", "grad_norm_curves", "attn_logit_curves", "embedding_norm_curves"} == stems
+    assert {"loss_curves", "grad_norm_curves", "attn_logit_curves", "attn_logit_layers",
+            "embedding_norm_curves"} == stems
     assert "is 0 in every run" in reasons["spike_scores"]  # no spikes: no figure of zeros
     assert "needs >= 2 learning rates" in reasons["lr_sensitivity"]
     assert reasons["layer_grad_heatmap"] == "no dense grad/norm rows"
@@ -441,13 +633,14 @@ def two_seeds() -> F.GridData:
 def test_spike_scores_drop_an_all_zero_panel_not_the_figure(two_seeds):
     fig = R.spike_scores_figure(two_seeds)
     (ax,) = fig.axes
-    assert ax.get_title() == "grad norm" and "grad-norm" in ax.get_ylabel()
+    assert ax.get_title() == "Gradient norm" and "Grad-norm" in ax.get_ylabel()
     assert fig.skipped == {"loss panel": f"{F.SPIKE_SCORE_LOSS} is 0 in every run (no spikes)"}
     assert fig.get_suptitle().count("is 0 in every run") == 1
+    assert "loss panel (loss spike score is 0 in every run (no spikes))" in fig.get_suptitle()
     np.testing.assert_allclose([p.get_height() for p in ax.patches if p.get_gid() == "bar|no_qk_norm"],
                                [100.0 / 60 / 2])  # one spike in 60 points, seed mean of (1/60, 0)
     cmp = R.spike_scores_figure(compare_arms(two_seeds, n_boot=200), baseline="olmo2")
-    assert [a.get_title() for a in cmp.axes] == ["grad norm"]
+    assert [a.get_title() for a in cmp.axes] == ["Gradient norm"]
     assert cmp.skipped == {"loss panel": "every paired difference is 0"}
     none = F.GridData(two_seeds.name, two_seeds.runs.assign(**{F.SPIKE_SCORE_GRAD_NORM: 0.0}),
                       baseline="olmo2")
@@ -471,10 +664,10 @@ def test_forest_plot_of_nothing_raises_with_the_reason(two_seeds):
 def test_too_few_seeds_is_said_once_per_figure(two_seeds):
     cmp = compare_arms(two_seeds, n_boot=200)
     fig = R.forest_plot(cmp, F.FINAL_EVAL_LOSS, baseline="olmo2")
-    ax = fig.axes[0]
-    texts = {t.get_gid(): t.get_text() for t in ax.texts}
-    assert texts == {"annot|no_qk_norm": "n=2", "annot|olmo0424": "n=2"}  # no per-row "too few seeds"
-    assert ax.get_title().count("too few seeds") == 1 and "(n=2) for wilcoxon" in ax.get_title()
+    notes = FS.forest_annotations(fig)
+    assert set(notes) == {"no_qk_norm", "olmo0424"}
+    assert all(n.endswith("  n=2") and "too few" not in n for n in notes.values())  # said once, above
+    assert fig.get_suptitle().count("too few seeds") == 1 and "(n=2) for wilcoxon" in fig.get_suptitle()
     fig = R.spike_scores_figure(two_seeds, cmp)
     assert not [t for t in fig.axes[0].texts if t.get_gid().startswith("p|")]
     assert fig.get_suptitle().count("no p-values: too few seeds (n=2) for wilcoxon") == 1
@@ -490,9 +683,9 @@ def test_curves_of_only_zeros_or_nans_are_not_drawn(grid):
     dense = d.assign(value=d["value"].where(d["key"] != M.OPTIM_EPS_REGIME, 0.0))
     fig = R.update_rms_and_eps(F.GridData(grid.name, grid.runs, grid.series, dense, baseline=grid.baseline),
                                lr=1e-3)
-    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert len(axes) == len(ARMS) and "update RMS" in axes[0].get_ylabel()
+    assert [ax.get_title() for ax in panels(fig)] == ["Training loss", "Gradient L2 norm", "Adam update RMS"]
     assert fig.skipped == {M.OPTIM_EPS_REGIME: "every value is 0"}
+    assert "not shown: eps-regime share (every value is 0)" in fig.get_suptitle()
     dense = d.assign(value=d["value"].where(d["key"] != M.ATTN_LOGIT_MAX, np.nan))
     series = s[~s["metric"].str.startswith(M.ATTN_LOGIT_MAX)]
     with pytest.raises(R.MissingData, match="no finite value"):
