@@ -1,6 +1,6 @@
 """Load a grid (or a plain experiment) back from MLflow as the tidy frames of `reports.frames`.
 
-Reads only what the tracker wrote (DESIGN.md section 2): runs, tags, params, metric histories
+Reads only what the tracker wrote (docs/architecture.md): runs, tags, params, metric histories
 (`reports.load_metrics`) and the `dense/` and `spikes.csv` artifacts (`reports.load_artifacts`).
 No trainer objects, no checkpoint folders, so it works on a store copied from another machine (a
 sqlite file with its `mlartifacts/` folder beside it).

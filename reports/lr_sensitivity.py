@@ -1,4 +1,4 @@
-"""Learning-rate sensitivity (Wortsman et al. 2023; REFERENCE.md section 3) on the `runs` frame.
+"""Learning-rate sensitivity (Wortsman et al. 2023; docs/reference.md section 5) on the `runs` frame.
 
 Per arm and seed: the mean over the swept LRs of `min(loss(lr), loss_at_init) - min_lr loss(lr)`,
 a diverged (or NaN-loss) run counting as its loss at initialisation; lower is better.
@@ -49,7 +49,7 @@ def _per_seed(eff: pd.DataFrame) -> pd.DataFrame:
 
 def lr_sensitivity(runs: pd.DataFrame | F.GridData, metric: str = F.FINAL_EVAL_LOSS, *, n_boot: int = 10_000,
                    ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """LR sensitivity per arm (Wortsman et al. 2023; REFERENCE.md section 3). Lower is better.
+    """LR sensitivity per arm (Wortsman et al. 2023; docs/reference.md section 5). Lower is better.
 
     Per seed: mean over the swept LRs of `min(loss(lr), loss_at_init) - min_lr loss(lr)`, a
     diverged or NaN-loss run counting as `loss_at_init` (`effective_losses`); then averaged over

@@ -1,6 +1,6 @@
 """Paired statistics on the `runs` frame: arm vs baseline, Holm, LR sensitivity, per-arm summaries.
 
-Conventions (REFERENCE.md sections 3 and 4):
+Conventions (docs/reference.md sections 5 and 6):
 
 - Pairing. Seed s of every arm shares data order and init, so arms are compared with the baseline
   per seed: `diff = arm - baseline`. When the runs hold several learning rates, pairs are matched

@@ -28,7 +28,7 @@ from stability.presets import RECIPE_RUN_KNOBS, SIZE_DEFAULTS
 
 @dataclass
 class OptimConfig:
-    """AdamW and its stability knobs (REFERENCE.md sections 1 and 3)."""
+    """AdamW and its stability knobs (docs/reference.md sections 1 and 5)."""
 
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])

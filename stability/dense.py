@@ -1,4 +1,4 @@
-"""Dense per-layer / per-head diagnostics as a columnar artifact (DESIGN.md sections 3 and 4).
+"""Dense per-layer / per-head diagnostics as a columnar artifact (docs/architecture.md, cost rules).
 
 MLflow gets the headline series; everything indexed by layer or head goes here as long rows
 (step int64, key string, layer int32, head int32 (-1: not per head), value float32), buffered in

@@ -1,5 +1,5 @@
 """Pairing: seed s gives every arm of a grid the same data order and the same init draws, so a
-per-seed difference is the intervention's (REFERENCE.md section 4)."""
+per-seed difference is the intervention's (docs/reference.md section 6)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Independent reference maths for the model tests: plain tensor ops, no calls into `model`.
 
 Each function takes the weights of a module under test and recomputes its output from the
-formulas in REFERENCE.md section 1 (written out here, not imported).
+formulas in docs/reference.md section 1 (written out here, not imported).
 """
 
 from __future__ import annotations
