@@ -269,14 +269,18 @@ _SPIKE_METRICS = ((F.SPIKE_SCORE_LOSS, M.SPIKE_SCORE_LOSS, "Loss"),
 
 
 def _p_text(row) -> str:
-    """The Holm p annotation of one compare row ("Holm p = 0.02"), with its note in words; just
-    the note (maybe "") without a p-value. Too few seeds is said once (`_few_seeds_line`)."""
-    note = row.get("note")
-    note = "" if note is None or (isinstance(note, float) and np.isnan(note)) else S.humanize(note)
+    """"Holm p = 0.02" for one compare row, "" without a p-value (too few seeds is said once,
+    under the title: `_few_seeds_line`; a row's note is in the tables and the forest plots)."""
     p = pd.to_numeric(pd.Series([row.get("p_holm")]), errors="coerce").iloc[0]
-    if not np.isfinite(p):
-        return S.plain(note)
-    return f"Holm p = {p:.2g}" + (f" ({S.plain(note)})" if note else "")
+    return f"Holm p = {p:.2g}" if np.isfinite(p) else ""
+
+
+def _note_text(row) -> str:
+    """A compare row's note in words (raw keys named), shown literally; "" without one."""
+    note = row.get("note")
+    if note is None or (isinstance(note, float) and np.isnan(note)) or not str(note).strip():
+        return ""
+    return S.plain(S.humanize(note))
 
 
 def _few_seeds_line(rows: pd.DataFrame) -> str:
@@ -504,19 +508,21 @@ def number_text(x: float) -> str:
     return f"{x:,.0f}" if np.isfinite(x) and abs(x) >= 1000 else fmt_sig(x)
 
 
-def forest_annotation(row) -> str:
-    """The right-hand text of a forest row: "+17,078 [15,662, 18,461]  Holm p = 0.02  n=3"."""
+def forest_annotation(row, *, narrow: bool = False) -> str:
+    """The right-hand text of a forest row: "+17,921 [15,662, 18,461]  Holm p = 0.02  n=3", then
+    the row's note in parentheses; `narrow` (a single-column figure): the value on one line, p and
+    n on a second, no note (it is in the compare table)."""
     d, lo, hi = (float(row[c]) for c in ("mean_diff", "ci_low", "ci_high"))
-    bits = []
+    value = ""
     if np.isfinite(d):
         ci = f" [{number_text(lo)}, {number_text(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else ""
-        bits.append(("+" if d > 0 else "") + number_text(d) + ci)
-    if text := _p_text(row):
-        bits.append(text)
+        value = ("+" if d > 0 else "") + number_text(d) + ci
     n = row.get("n_pairs")
-    if n is not None and pd.notna(n) and "n=" not in " ".join(bits):
-        bits.append(f"n={int(n)}")
-    return "  ".join(bits)
+    rest = [t for t in (_p_text(row), f"n={int(n)}" if n is not None and pd.notna(n) else "") if t]
+    if narrow:
+        return "\n".join(t for t in (value, "  ".join(rest)) if t)
+    note = _note_text(row)
+    return "  ".join(t for t in (value, *rest, f"({note})" if note else "") if t)
 
 
 def _draw_forest(ax: Axes, fig: Figure, rows: pd.DataFrame, colors: dict[str, str], *,
@@ -545,7 +551,8 @@ def _draw_forest(ax: Axes, fig: Figure, rows: pd.DataFrame, colors: dict[str, st
         _fit_x(ax, rows[["mean_diff", "ci_low", "ci_high"]].to_numpy(dtype=float))
     if annotate:
         right = ax.secondary_yaxis("right")
-        right.set_yticks(ys, [forest_annotation(r) for _, r in rows.iterrows()])
+        narrow = getattr(fig, "width_name", "double") == "single"
+        right.set_yticks(ys, [forest_annotation(r, narrow=narrow) for _, r in rows.iterrows()])
         right.tick_params(length=0, labelsize=6.5)
         right.spines["right"].set_visible(False)
         right.set_gid("forest_annotations")

@@ -493,7 +493,7 @@ def test_forest_plot_whiskers_zero_line_and_annotations():
     zero = one_in(ax, "zero")
     assert list(zero.get_xdata()) == [0, 0]
     assert FS.forest_annotations(fig) == {"no_qk_norm": "+0.0500 [0.0100, 0.0900]  Holm p = 0.02  n=3",
-                                          "olmo0424": "+0.300  n=2: too few seeds"}
+                                          "olmo0424": "+0.300  n=2  (n=2: too few seeds)"}
     ticks = {t.get_text(): y for t, y in zip(ax.get_yticklabels(), ax.get_yticks())}
     assert ticks == {"no_qk_norm": 1, "olmo0424": 0}  # first arm on top
     assert one_in(ax, "diff|olmo0424").get_ydata()[0] == 0
