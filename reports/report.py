@@ -1,9 +1,12 @@
 """`stability report`: statistics, tables, figures and a short summary for one grid.
 
     out/summary.md           what the grid shows, in words and numbers (figures linked)
-    out/tables/*.{md,tex,csv} compare (every arm vs the baseline, paired), summary (per arm),
-                              lr_sensitivity (when lrs are swept), runs (one row per run)
-    out/figures/*.{png,pdf}  the report's figure kinds the data supports
+    out/tables/*.{md,tex,csv} compare (every arm vs the baseline, paired), summary (per arm: the
+                              headline metrics, mean ± sd), lr_sensitivity (when lrs are swept),
+                              runs (one row per run); summary_full.csv: every metric per arm
+    out/figures/*.{png,pdf}  the figure kinds the data supports, 7.2 in wide (a paper's text
+                              width), PDF and 300-dpi PNG; out/figures/single/: the same at 3.5 in
+                              (one column)
 
 Everything comes from a `GridData` (reports.load), so it works on a store copied from elsewhere.
 `Report.headline` is the few lines `stability report` prints: each arm against the baseline on
@@ -20,10 +23,18 @@ from pathlib import Path
 import pandas as pd
 
 from reports import frames as F
-from reports.figures import report_figures
+from reports.figures import WIDTHS, report_figures
 from reports.lr_sensitivity import lr_sensitivity
 from reports.stats import compare_arms, summary_by_arm
-from reports.tables import atomic_write_text, compare_notes, escape_markdown, fmt_p, fmt_sig, write_tables
+from reports.tables import (
+    atomic_write_text,
+    compare_notes,
+    escape_markdown,
+    fmt_p,
+    fmt_sig,
+    write_summary_tables,
+    write_tables,
+)
 
 HEADLINE = (F.FINAL_EVAL_LOSS, F.SPIKE_SCORE_GRAD_NORM, F.MAX_ATTN_LOGIT, F.MAX_GRAD_NORM)
 RUN_TABLE_COLUMNS = (F.ARM, F.SEED, F.LR, F.STATUS, F.DIVERGED_AT_STEP, F.LAST_STEP, F.FINAL_EVAL_LOSS,
@@ -47,21 +58,22 @@ def _n_lrs(runs: pd.DataFrame) -> int:
 
 
 def build_report(grid: F.GridData, out_dir: str | Path, *, test: str = "wilcoxon", n_boot: int = 10_000,
-                 formats: tuple[str, ...] = ("png", "pdf")) -> Report:
-    """Compute, write and return the report of `grid` in `out_dir`."""
+                 formats: tuple[str, ...] = ("png", "pdf"), widths: tuple[str, ...] = WIDTHS) -> Report:
+    """Compute, write and return the report of `grid` in `out_dir`; figures in `formats` at each
+    of `widths` ("double" in figures/, "single" in figures/single/)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     baseline = grid.baseline or (grid.arms[0] if grid.arms else None)
     compare = compare_arms(grid.runs, baseline, test=test, n_boot=n_boot) if baseline else pd.DataFrame()
     lrs = lr_sensitivity(grid.runs, n_boot=n_boot) if _n_lrs(grid.runs) >= 2 else None
-    frames = {"compare": compare, "summary": summary_by_arm(grid.runs),
-              "runs": grid.runs[[c for c in RUN_TABLE_COLUMNS if c in grid.runs.columns]]}
+    frames = {"compare": compare, "runs": grid.runs[[c for c in RUN_TABLE_COLUMNS if c in grid.runs.columns]]}
     if lrs is not None:
         frames["lr_sensitivity"] = lrs
     report = Report(out, "", compare, lrs)
     report.paths += write_tables(frames, out / "tables")
+    report.paths += write_summary_tables(summary_by_arm(grid.runs), out / "tables")
     report.paths += report_figures(grid, compare, lrs, out / "figures", reasons=report.skipped,
-                                   formats=formats)
+                                   formats=formats, widths=widths)
     report.summary = summary_text(grid, compare, lrs, report)
     report.headline = headline_text(grid, compare, report.skipped, baseline=baseline)
     atomic_write_text(out / "summary.md", report.summary)
@@ -148,13 +160,30 @@ def summary_text(grid: F.GridData, compare: pd.DataFrame, lrs: pd.DataFrame | No
                          f"(optimal lr {r['optimal_lr']:g}, best loss {fmt_sig(r['best_loss'])}, "
                          f"{int(r['n_diverged'])} diverged)")
         lines.append("")
-    figures = sorted({p.stem for p in report.paths if p.parent.name == "figures"})
-    if figures:
-        lines += ["## Figures", ""] + [f"![{f}](figures/{f}.png)" for f in figures] + [""]
+    lines += _figures_md(report)
     lines += _skipped_md(report.skipped)
-    lines += ["Tables: `tables/compare`, `tables/summary`, `tables/runs`"
-              + (", `tables/lr_sensitivity`" if lrs is not None else "") + " (.md, .tex, .csv).", ""]
+    lines += _tables_md(lrs is not None)
     return "\n".join(lines)
+
+
+def _figures_md(report: Report) -> list[str]:
+    """The figures section: every figure inline, and where the single-column versions are."""
+    figures = sorted({p.stem for p in report.paths if p.parent.name == "figures"})
+    if not figures:
+        return []
+    single = any(p.parent.name == "single" for p in report.paths)
+    where = ("7.2 in wide (a paper's text width) as PDF and 300-dpi PNG; the same 3.5 in wide (one "
+             "column) in `figures/single/`." if single else "7.2 in wide (a paper's text width).")
+    return ["## Figures", "", where, ""] + [f"![{f}](figures/{f}.png)" for f in figures] + [""]
+
+
+def _tables_md(with_lrs: bool) -> list[str]:
+    """Which table holds what; the summary table is the readable one, summary_full.csv all of it."""
+    names = "`tables/compare`, `tables/summary`, `tables/runs`"
+    names += ", `tables/lr_sensitivity`" if with_lrs else ""
+    return [f"Tables: {names} (.md, .tex, .csv). `tables/summary` is the readable per-arm table (runs, "
+            "divergences and the headline metrics as mean ± sd); every metric's mean, sd and n per arm "
+            "is in `tables/summary_full.csv`.", ""]
 
 
 def _plain_effect(row: pd.Series) -> str:

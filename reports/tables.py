@@ -6,6 +6,10 @@ what holds for many rows at once (too few seeds, metrics without a better direct
 said once, in note lines under the comparison table (`compare_notes`). User strings
 (arm names, notes) are escaped for the target format. CSV keeps the raw values at full precision,
 so it reads back with `pandas.read_csv`.
+
+The per-arm summary is written twice (`write_summary_tables`): a readable table of a handful of
+headline columns (`SUMMARY_HEADLINE`, mean ± sd over seeds, human headers) as summary.md / .tex
+with its raw values as summary.csv, and every metric's mean, sd and n as summary_full.csv.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 
 import pandas as pd
 
+from reports import frames as F
+from reports import style as S
 from reports.stats import MIN_PAIRS, too_few_pairs
 
 NA = "—"
@@ -118,8 +124,12 @@ def format_value(column: str, value: Any) -> str:
 
 # ----------------------------------------------------------------------------------- rendering
 
+_NUMBER = r"[<>]?-?(\d[\d.]*(e[+-]\d+)?|inf)"
+
+
 def _is_numeric_text(text: str) -> bool:
-    return bool(re.fullmatch(r"[<>]?-?(\d[\d.]*(e[+-]\d+)?|inf)|" + NA, text))
+    """A number, "—", or a "mean ± sd" cell (right-aligned in a table)."""
+    return bool(re.fullmatch(rf"{_NUMBER}( ± {_NUMBER})?|" + NA, text))
 
 
 def render_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -275,6 +285,77 @@ def is_compare_frame(df: pd.DataFrame) -> bool:
 def render(df: pd.DataFrame, fmt: str) -> str:
     """`format_compare_table` for a compare_arms frame, else `format_table`."""
     return format_compare_table(df, fmt) if is_compare_frame(df) else format_table(df, fmt)
+
+
+# ---------------------------------------------------------------------------- the summary table
+
+# The readable summary's metrics: the report's headline ones and log Z (the z-loss mechanism).
+SUMMARY_HEADLINE = (F.FINAL_EVAL_LOSS, F.SPIKE_SCORE_GRAD_NORM, F.MAX_GRAD_NORM, F.MAX_ATTN_LOGIT,
+                    F.FINAL_LOG_Z)
+
+
+def _with_lr(summary: pd.DataFrame) -> bool:
+    return "lr" in summary.columns and summary["lr"].nunique(dropna=False) > 1
+
+
+def summary_headline(summary: pd.DataFrame, metrics: Sequence[str] = SUMMARY_HEADLINE) -> pd.DataFrame:
+    """The raw columns of the readable summary of a `summary_by_arm` frame: arm, lr (when several),
+    n_runs, n_diverged, diverged_steps, then `<metric>_mean` and `<metric>_sd` per metric it has."""
+    keep = ["arm", *(["lr"] if _with_lr(summary) else []), "n_runs", "n_diverged", "diverged_steps"]
+    for metric in metrics:
+        keep += [c for c in (f"{metric}_mean", f"{metric}_sd") if c in summary.columns]
+    return summary[[c for c in keep if c in summary.columns]].reset_index(drop=True)
+
+
+def _mean_sd(mean: Any, sd: Any) -> str:
+    """"4.73 ± 0.0764"; the mean alone without an sd (one seed); NA without a mean."""
+    if _missing(mean):
+        return NA
+    return fmt_sig(mean) if _missing(sd) else f"{fmt_sig(mean)} ± {fmt_sig(sd)}"
+
+
+def _diverged_summary(row: Mapping[str, Any]) -> str:
+    """"0", or "1 (s1@120)": how many runs diverged, and which at what step."""
+    n = int(row["n_diverged"])
+    steps = row.get("diverged_steps")
+    return f"{n} ({steps})" if n and not _missing(steps) and steps else str(n)
+
+
+def format_summary_table(summary: pd.DataFrame, fmt: str = "markdown",
+                         metrics: Sequence[str] = SUMMARY_HEADLINE) -> str:
+    """The readable per-arm summary: arm, lr (when several), runs, diverged, and per headline metric
+    its mean ± sd over seeds under a human header with its unit ("Final eval loss (CE, nats)").
+    csv: the raw values of those columns (`summary_headline`)."""
+    _check_fmt(fmt)
+    head = summary_headline(summary, metrics)
+    if fmt == "csv":
+        return to_csv(head)
+    shown = [m for m in metrics if f"{m}_mean" in head.columns]
+    header = ["arm", *(["lr"] if "lr" in head.columns else []), "runs", "diverged",
+              *(S.axis_label(m) for m in shown)]
+    rows = []
+    for r in head.to_dict("records"):
+        cells = [str(r["arm"]), *([format_value("lr", r["lr"])] if "lr" in head.columns else []),
+                 str(int(r["n_runs"])), _diverged_summary(r)]
+        rows.append(cells + [_mean_sd(r[f"{m}_mean"], r.get(f"{m}_sd")) for m in shown])
+    note = ["cells: mean ± sd over the seeds that finished or diverged (a diverged run's loss counts "
+            "at its loss at init); every metric's mean, sd and n: summary_full.csv"]
+    table = render_markdown(header, rows) if fmt == "markdown" else render_latex(header, rows)
+    return table + _note_lines(note, fmt)
+
+
+def write_summary_tables(summary: pd.DataFrame, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """summary.md / .tex (readable: `format_summary_table`), summary.csv (its raw values) and
+    summary_full.csv (every column of the `summary_by_arm` frame), atomically; returns the paths."""
+    out = Path(out_dir)
+    paths = []
+    for fmt in FORMATS:
+        path = out / f"summary.{EXTENSIONS[fmt]}"
+        atomic_write_text(path, format_summary_table(summary, fmt))
+        paths.append(path)
+    full = out / "summary_full.csv"
+    atomic_write_text(full, to_csv(summary))
+    return paths + [full]
 
 
 # ------------------------------------------------------------------------------------- writing

@@ -168,3 +168,32 @@ def test_compare_notes_are_said_once_under_the_table():
     assert T.compare_notes(six) == [] and "Note:" not in T.format_compare_table(six)
     some = T.few_seeds_note(pd.concat([cmp, six], ignore_index=True))
     assert some.startswith("too few seeds (n=2 to 4) for wilcoxon in 6 of 7 comparisons:")
+
+
+def test_summary_table_is_a_readable_few_columns_and_the_full_one_stays_csv(tmp_path):
+    runs = _runs({"base": [3.0, 3.1, 3.2], EVIL: [3.2, 3.3, 3.4]}, diverged=(EVIL, 0))
+    runs[F.MAX_ATTN_LOGIT] = [10.0, 12.0, 14.0, 17000.0, 18000.0, 19000.0]
+    full = S.summary_by_arm(runs)
+    assert len(full.columns) > 30
+    paths = T.write_summary_tables(full, tmp_path)
+    assert [p.name for p in paths] == ["summary.md", "summary.tex", "summary.csv", "summary_full.csv"]
+    md = (tmp_path / "summary.md").read_text()
+    header = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
+    assert header == ["arm", "runs", "diverged", "Final eval loss (CE, nats)", "Grad-norm spike score (%)",
+                      "Max gradient L2 norm", "Max attention logit", "Final mean log Z (nats)"]
+    base, evil = md.splitlines()[2:4]
+    assert base.startswith("| base | 3 | 0 | 3.10 ± 0.100 |")
+    # the diverged run counts at its loss at init (10): mean of (10, 3.3, 3.4)
+    assert evil.startswith(r"| a\_b&amp;c&lt;script&gt; | 3 | 1 (s0@120) | 5.57 ± 3.84 |")
+    assert evil.endswith("| — | — | 18000 ± 1000 | — |")  # no spike scores, grad norms or log Z here
+    assert md.splitlines()[1] == "|---|---:|---|" + "---:|" * 5  # numbers right-aligned, text not
+    assert "summary\\_full.csv" in md.split("\n\n")[-1]
+    tex = (tmp_path / "summary.tex").read_text()
+    assert r"Grad-norm spike score (\%)" in tex and r"a\_b\&c" in tex and "±" in tex
+    csv = pd.read_csv(tmp_path / "summary.csv")
+    assert list(csv.columns)[:5] == ["arm", "n_runs", "n_diverged", "diverged_steps", "final_eval_loss_mean"]
+    np.testing.assert_allclose(csv["max_attn_logit_mean"], [12.0, 18000.0])
+    back = pd.read_csv(tmp_path / "summary_full.csv")
+    assert list(back.columns) == list(full.columns)
+    several = S.summary_by_arm(pd.concat([runs, runs.assign(**{F.LR: 1e-2})], ignore_index=True))
+    assert T.format_summary_table(several).splitlines()[0].startswith("| arm | lr | runs |")
