@@ -92,13 +92,16 @@ def outer_labels(panels: list[Axes], xlabel: str | None, ylabel: str | None = No
             ax.set_ylabel(ylabel)
 
 
+LEGEND_CHARS = {"single": 56, "double": 118}  # legend characters per row at 7 pt
+
+
 def figure_legend(fig: Figure, handles: list, *, title: str | None = None) -> None:
     """The figure's one legend, below the panels (outside the data), as many columns as fit."""
     if not handles:
         return
-    per_row = {"single": 2, "double": 4}[getattr(fig, "width_name", "double")]
+    chars = LEGEND_CHARS[getattr(fig, "width_name", "double")]
     longest = max(len(h.get_label()) for h in handles)
-    ncols = max(1, min(len(handles), per_row if longest > 18 else per_row + 1))
+    ncols = max(1, min(len(handles), chars // (longest + 6), 5))  # + handle and spacing
     fig.legend(handles=row_major(handles, ncols), loc="outside lower center", ncols=ncols, title=title,
                handlelength=1.6, columnspacing=1.2)
 

@@ -23,7 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullLocator
 from scipy import stats as sps
 
 from reports import frames as F
@@ -301,6 +301,13 @@ def _compare_rows(compare_df: pd.DataFrame | None, names: tuple[str, ...]) -> pd
     return compare_df[compare_df["metric"].isin(names)]
 
 
+def _at_lr(rows: pd.DataFrame, lr: float | None) -> pd.DataFrame:
+    """The compare rows at learning rate `lr` (all of them for None or without an lr column)."""
+    if lr is None or "lr" not in rows.columns:
+        return rows
+    return rows[np.isclose(rows["lr"].to_numpy(dtype=float), lr, rtol=1e-6, atol=0.0)]
+
+
 def _spike_panels(runs: pd.DataFrame) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
     """(the spike-score panels with something to show, {panel: why not} for the others): a score
     that is 0 in every run (no spikes) or missing everywhere makes an empty panel."""
@@ -378,7 +385,7 @@ def spike_scores_figure(data, compare_df: pd.DataFrame | None = None, *, lr: flo
     for what, reason in dropped.items():
         skip(fig, what, reason)
     for ax, (col, key, what) in zip(panels, cols):
-        rows = _compare_rows(compare_df, (col, key))
+        rows = _at_lr(_compare_rows(compare_df, (col, key)), lr)
         for i, arm in enumerate(arms):
             x = runs.loc[runs[F.ARM] == arm, col].astype(float).to_numpy()
             x = x[np.isfinite(x)]
@@ -414,9 +421,21 @@ def _spike_diff_panels(compare_df: pd.DataFrame) -> tuple[list, dict[str, str]]:
     return panels, dropped
 
 
+def _diff_bar(ax: Axes, i: int, r: pd.Series, color: str, key: str) -> None:
+    """One compare row as a bar (mean paired difference), a CI whisker and its Holm p."""
+    d, lo, hi = float(r["mean_diff"]), float(r["ci_low"]), float(r["ci_high"])
+    ax.bar([i], [d], color=color, alpha=0.6, width=0.6, gid=f"bar|{key}")
+    if np.isfinite(lo) and np.isfinite(hi):
+        ax.vlines([i], lo, hi, color="k", linewidth=1.0, gid=f"ci|{key}")
+    if text := _p_text(r):
+        ax.annotate(text, (i, max(d, hi if np.isfinite(hi) else -np.inf)), xytext=(0, 3),
+                    textcoords="offset points", ha="center", fontsize=6, gid=f"p|{key}")
+
+
 def _spike_diffs(compare_df: pd.DataFrame, baseline: str | None, *, width: str,
                  colors: dict[str, str] | None) -> Figure:
-    """Bars of the paired spike-score differences; a panel whose differences are all 0 is left out."""
+    """Bars of the paired spike-score differences, one per compare row (arm, and LR when the rows
+    hold several); a panel whose differences are all 0 is left out."""
     panels, dropped = _spike_diff_panels(compare_df)
     if not panels:
         raise MissingData("the compare frame has no spike-score difference to show"
@@ -428,24 +447,19 @@ def _spike_diffs(compare_df: pd.DataFrame, baseline: str | None, *, width: str,
         skip(fig, what, reason)
     base = S.plain(baseline or "baseline")
     for ax, (names, what) in zip(axes, panels):
-        rows = _compare_rows(compare_df, tuple(names))
+        rows = _by_arm_then_lr(_compare_rows(compare_df, tuple(names)))
         ax.axhline(0.0, color="0.3", linewidth=0.7, gid="zero")
-        for i, arm in enumerate(arms):
-            r = rows[rows["arm"] == arm]
-            if not len(r) or not np.isfinite(float(r["mean_diff"].iloc[0])):
-                skip(fig, f"{arm} ({what.lower()})", "no paired difference")
+        keys = _forest_keys(rows)
+        for i, ((key, label), (_, r)) in enumerate(zip(keys, rows.iterrows())):
+            if not np.isfinite(float(r["mean_diff"])):
+                skip(fig, f"{label} ({what.lower()})", "no paired difference")
                 continue
-            r = r.iloc[0]
-            ax.bar([i], [float(r["mean_diff"])], color=colors[arm], alpha=0.6, width=0.6, gid=f"bar|{arm}")
-            lo, hi = float(r["ci_low"]), float(r["ci_high"])
-            if np.isfinite(lo) and np.isfinite(hi):
-                ax.vlines([i], lo, hi, color="k", linewidth=1.0, gid=f"ci|{arm}")
-            if text := _p_text(r):
-                ax.annotate(text, (i, max(float(r["mean_diff"]), hi if np.isfinite(hi) else -np.inf)),
-                            xytext=(0, 3), textcoords="offset points", ha="center", fontsize=6,
-                            gid=f"p|{arm}")
-        _arm_ticks(ax, arms, None)
-        ax.set_ylabel(f"Δ {S.lower_first(S.metric_name(names[0]))} vs {base} (points of %)")
+            _diff_bar(ax, i, r, colors[r["arm"]], key)
+        ax.set_xticks(range(len(keys)), [label for _, label in keys], rotation=30 if len(keys) > 2 else 0,
+                      ha="right" if len(keys) > 2 else "center")
+        ax.set_xlabel(S.ARM_LABEL)
+        ax.grid(False, axis="x")
+        ax.set_ylabel("Δ spike score (points of %)")
         ax.set_title(what)
     shown = _compare_rows(compare_df, tuple(n for names, _ in panels for n in names))
     figure_legend(fig, _bar_proxies(seeds=False))
@@ -474,10 +488,15 @@ def _forest_rows(compare_df: pd.DataFrame, metric: str) -> pd.DataFrame:
         raise MissingData(f"no arm has a finite mean difference in {metric}")
     if no_signal(spread) == "every value is 0":
         raise MissingData(f"every paired difference in {metric} is 0")
-    if "lr" in rows.columns:
-        rank = {a: i for i, a in enumerate(dict.fromkeys(rows["arm"]))}
-        rows = rows.assign(_rank=rows["arm"].map(rank)).sort_values(["_rank", "lr"], kind="stable")
-    return rows
+    return _by_arm_then_lr(rows)
+
+
+def _by_arm_then_lr(rows: pd.DataFrame) -> pd.DataFrame:
+    """Compare rows with each arm's LRs next to each other (arms in first-appearance order)."""
+    if "lr" not in rows.columns:
+        return rows
+    rank = {a: i for i, a in enumerate(dict.fromkeys(rows["arm"]))}
+    return rows.assign(_rank=rows["arm"].map(rank)).sort_values(["_rank", "lr"], kind="stable")
 
 
 def _forest_keys(rows: pd.DataFrame) -> list[tuple[str, str]]:
@@ -493,14 +512,27 @@ def symlog_threshold(values) -> float | None:
     """The linear range of a symmetric-log axis for these differences, or None for a linear axis.
 
     Symmetric-log when the non-zero |values| span `SYMLOG_DECADES` decades or more; the linear
-    part reaches the decade of their median, so the typical differences and their CIs keep true
-    proportions around 0 while the outliers (+17,921 next to +193) are compressed but readable.
+    part reaches the power of ten above their median, so the typical differences and their CIs
+    keep true proportions around 0 while the outliers (+17,921 next to +193) are compressed but
+    readable.
     """
     x = np.abs(np.asarray(values, dtype=float))
     x = x[np.isfinite(x) & (x > 0)]
     if x.size < 2 or math.log10(x.max() / x.min()) < SYMLOG_DECADES:
         return None
-    return float(10.0 ** math.floor(math.log10(np.median(x))))
+    return float(10.0 ** math.ceil(math.log10(np.median(x))))
+
+
+def symlog_ticks(lo: float, hi: float, thresh: float, max_ticks: int) -> list[float]:
+    """0, ±thresh and the powers of ten beyond it inside [lo, hi], every other one when there
+    would be more than `max_ticks`."""
+    top = max(abs(lo), abs(hi))
+    powers = [thresh * 10.0 ** k for k in range(int(math.log10(max(top / thresh, 1.0))) + 1)]
+    step = 1
+    while 1 + 2 * len(powers[::step]) > max_ticks and step < len(powers):
+        step += 1
+    keep = powers[::step]
+    return sorted([0.0] + [v for v in keep if v <= hi] + [-v for v in keep if -v >= lo])
 
 
 def number_text(x: float) -> str:
@@ -508,21 +540,19 @@ def number_text(x: float) -> str:
     return f"{x:,.0f}" if np.isfinite(x) and abs(x) >= 1000 else fmt_sig(x)
 
 
-def forest_annotation(row, *, narrow: bool = False) -> str:
+def forest_annotation(row) -> str:
     """The right-hand text of a forest row: "+17,921 [15,662, 18,461]  Holm p = 0.02  n=3", then
-    the row's note in parentheses; `narrow` (a single-column figure): the value on one line, p and
-    n on a second, no note (it is in the compare table)."""
+    the row's note in parentheses."""
     d, lo, hi = (float(row[c]) for c in ("mean_diff", "ci_low", "ci_high"))
     value = ""
     if np.isfinite(d):
         ci = f" [{number_text(lo)}, {number_text(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else ""
         value = ("+" if d > 0 else "") + number_text(d) + ci
     n = row.get("n_pairs")
-    rest = [t for t in (_p_text(row), f"n={int(n)}" if n is not None and pd.notna(n) else "") if t]
-    if narrow:
-        return "\n".join(t for t in (value, "  ".join(rest)) if t)
     note = _note_text(row)
-    return "  ".join(t for t in (value, *rest, f"({note})" if note else "") if t)
+    count = f"n={int(n)}" if n is not None and pd.notna(n) else ""
+    bits = (value, _p_text(row), count, f"({note})" if note else "")
+    return "  ".join(t for t in bits if t)
 
 
 def _draw_forest(ax: Axes, fig: Figure, rows: pd.DataFrame, colors: dict[str, str], *,
@@ -549,10 +579,12 @@ def _draw_forest(ax: Axes, fig: Figure, rows: pd.DataFrame, colors: dict[str, st
         ax.set_xscale("symlog", linthresh=thresh, linscale=1.0)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: tick_text(v)))
         _fit_x(ax, rows[["mean_diff", "ci_low", "ci_high"]].to_numpy(dtype=float))
+        max_ticks = 5 if getattr(fig, "width_name", "double") == "single" else 9
+        ax.set_xticks(symlog_ticks(*ax.get_xlim(), thresh, max_ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
     if annotate:
         right = ax.secondary_yaxis("right")
-        narrow = getattr(fig, "width_name", "double") == "single"
-        right.set_yticks(ys, [forest_annotation(r, narrow=narrow) for _, r in rows.iterrows()])
+        right.set_yticks(ys, [forest_annotation(r) for _, r in rows.iterrows()])
         right.tick_params(length=0, labelsize=6.5)
         right.spines["right"].set_visible(False)
         right.set_gid("forest_annotations")
@@ -592,8 +624,9 @@ def forest_annotations(fig: Figure) -> dict[str, str]:
 def forest_plot(compare_df: pd.DataFrame, metric: str, *, baseline: str | None = None, width: str = "double",
                 colors: dict[str, str] | None = None) -> Figure:
     """Paired differences (arm - baseline) of `metric` per arm: the mean difference as a point, the
-    CI [ci_low, ci_high] as a whisker, a zero line; the values, Holm p (or the row's note) and n
-    at the right of each row; too few seeds for p-values is said once, under the title. The axis
+    CI [ci_low, ci_high] as a whisker, a zero line; the values, Holm p, n and the row's note at
+    the right of each row (at double width: one column has no room, the compare table has them);
+    too few seeds for p-values is said once, under the title. The axis
     is symmetric-log when the differences span decades (`symlog_threshold`). No figure
     (`MissingData`) when no arm has a finite difference or every difference is 0."""
     rows = _forest_rows(compare_df, metric)
@@ -602,7 +635,7 @@ def forest_plot(compare_df: pd.DataFrame, metric: str, *, baseline: str | None =
     n = len(_forest_keys(rows))
     fig, axes = new_figure(f"forest_{metric}", width=width, height=1.3 + 0.28 * n)
     ax = axes[0, 0]
-    _draw_forest(ax, fig, rows, colors, annotate=True)
+    _draw_forest(ax, fig, rows, colors, annotate=width != "single")
     ax.set_xlabel(_forest_xlabel(metric, baseline))
     ax.set_ylabel(S.ARM_LABEL)
     figure_legend(fig, _forest_proxies())

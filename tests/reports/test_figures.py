@@ -476,7 +476,17 @@ def test_spike_scores_figure_from_compare_frame():
     np.testing.assert_allclose(ci.get_segments()[0][:, 1], [-0.1, 0.6])
     bar = [p for p in ax.patches if p.get_gid() == "bar|olmo0424"][0]
     np.testing.assert_allclose(bar.get_height(), 0.17)
-    assert "olmo2" in ax.get_ylabel() and legend_texts(fig)[0] == "mean paired difference"
+    assert "vs olmo2" in fig.get_suptitle() and legend_texts(fig)[0] == "mean paired difference"
+
+
+def test_spike_score_differences_one_bar_per_arm_and_lr(grid):
+    cmp = compare_arms(grid, metrics=[F.SPIKE_SCORE_GRAD_NORM], n_boot=200)
+    fig = R.spike_scores_figure(cmp, baseline="olmo2")
+    (ax,) = panels(fig)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{a}, lr={lr:g}" for a in ARMS[1:] for lr in LRS]
+    row = cmp[(cmp["arm"] == "olmo0424") & np.isclose(cmp["lr"], 1e-2)].iloc[0]
+    bar = [p for p in ax.patches if p.get_gid() == "bar|olmo0424|0.01"][0]
+    np.testing.assert_allclose(bar.get_height(), row["mean_diff"])
 
 
 def test_forest_plot_whiskers_zero_line_and_annotations():
@@ -512,18 +522,23 @@ def test_forest_plot_goes_symlog_when_differences_span_decades():
     fig = R.forest_plot(cmp, F.MAX_ATTN_LOGIT, baseline="olmo2")
     ax = fig.axes[0]
     assert ax.get_xscale() == "symlog"
-    assert FS.symlog_threshold(cmp["mean_diff"]) == 100.0  # the decade of the median difference
+    assert FS.symlog_threshold(cmp["mean_diff"]) == 1000.0  # the power of ten above the median
     # both readable: +193 and +17,921 sit more than a tenth of the axis apart, and in order
     to_axes = ax.transData.transform
     x = {arm: to_axes((one_in(ax, f"diff|{arm}").get_xdata()[0], 0))[0] for arm in ("olmo0424", "no_qk_norm")}
     width = ax.get_window_extent().width
     assert (x["no_qk_norm"] - x["olmo0424"]) / width > 0.1
-    assert ax.get_xlim()[0] > -100  # inside the linear part: no decades wasted left of 0 (no data there)
+    assert ax.get_xlim()[0] > -1000  # inside the linear part: no decades wasted left of 0 (no data there)
     notes = FS.forest_annotations(fig)
     assert notes["no_qk_norm"] == "+17,921 [15,662, 18,461]  n=2" and notes["olmo0424"].startswith("+193 [")
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert "10,000" in labels and not any("^" in t for t in labels)
+    assert labels == ["0", "1,000", "10,000"] and not any("^" in t for t in labels)
     assert FS.symlog_threshold([0.05, 0.3]) is None
+    assert FS.symlog_ticks(-0.03, 7.0, 0.01, 5) == [-0.01, 0.0, 0.01, 1.0]  # every other power
+    assert FS.symlog_ticks(-0.03, 7.0, 0.01, 9) == [-0.01, 0.0, 0.01, 0.1, 1.0]
+    narrow = R.forest_plot(cmp, F.MAX_ATTN_LOGIT, baseline="olmo2", width="single")
+    assert narrow.get_figwidth() == 3.5 and not narrow.axes[0].child_axes  # no room: values in the table
+    assert narrow.axes[0].get_xscale() == "symlog"
 
 
 def test_forest_panels_one_axis_per_metric():
