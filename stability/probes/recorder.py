@@ -57,6 +57,8 @@ class ProbeSpec:
             pos += self.fields[-1].size
         self.width = pos
         self.metrics = frozenset(f.metric for f in self.fields)
+        self._order = [f.metric for f in self.fields]
+        self._shapes = [torch.Size(f.shape) for f in self.fields]
         self._probed = frozenset(dims.layers)
 
     @classmethod
@@ -66,15 +68,22 @@ class ProbeSpec:
 
     def flatten(self, values: Mapping[Metric, torch.Tensor]) -> torch.Tensor:
         """One float32 vector from one device tensor per metric of the row, each of its shape."""
-        if values.keys() != self.metrics:
-            missing = sorted(f"{m.key} ({m.shape})" for m in self.metrics - values.keys())
-            extra = sorted(f"{m.key} ({m.shape})" for m in values.keys() - self.metrics)
-            raise ValueError(f"row values: missing {missing}, not in this row {extra}")
-        for f in self.fields:
-            if values[f.metric].shape != f.shape:
-                raise ValueError(f"{f.key} ({f.metric.shape}): want shape {f.shape}, "
-                                 f"got {tuple(values[f.metric].shape)}")
-        return torch.cat([values[f.metric].detach().float().reshape(-1) for f in self.fields])
+        if len(values) != len(self.fields) or not self.metrics.issuperset(values):
+            self._mismatch(values)
+        tensors = [values[m] for m in self._order]
+        if [v.shape for v in tensors] != self._shapes:
+            self._wrong_shape(tensors)
+        return torch.cat([v.detach().float().reshape(-1) for v in tensors])
+
+    def _wrong_shape(self, tensors: list[torch.Tensor]) -> None:
+        for f, v in zip(self.fields, tensors):
+            if v.shape != f.shape:
+                raise ValueError(f"{f.key} ({f.metric.shape}): want shape {f.shape}, got {tuple(v.shape)}")
+
+    def _mismatch(self, values: Mapping[Metric, torch.Tensor]) -> None:
+        missing = sorted(f"{m.key} ({m.shape})" for m in self.metrics - values.keys())
+        extra = sorted(f"{m.key} ({m.shape})" for m in values.keys() - self.metrics)
+        raise ValueError(f"row values: missing {missing}, not in this row {extra}")
 
     def field(self, key: str, shape: Shape | None = None) -> Field:
         """The field of `key` (and `shape`, where the key has two in this row)."""

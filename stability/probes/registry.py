@@ -56,10 +56,11 @@ _KEY = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_]+)+$")
 _LAYER_SUFFIX = re.compile(r"/layer_\d+$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Metric:
-    """One declared metric. Identity is (key, shape): `grad/norm` is both the global scalar and,
-    per layer, `grad/norm/layer_{i}`."""
+    """One declared metric, unique by (key, shape) in its registry: `grad/norm` is both the global
+    scalar and, per layer, `grad/norm/layer_{i}`. Compared and hashed as the declaration object
+    itself (rows look values up by it every step: no field hashing)."""
 
     key: str
     cadence: Cadence

@@ -60,8 +60,11 @@ class ProbeSession:
         self.probe_spec = ProbeSpec.of(registry, Cadence.PROBE, dims)
         self.attn_spec = ProbeSpec.of(registry, Cadence.ATTN, dims)
         self.computes = computes
-        for spec in (self.step_spec, self.probe_spec, self.attn_spec):
+        specs = (self.step_spec, self.probe_spec, self.attn_spec)
+        for spec in specs:
             require(computes, [f.metric for f in spec.fields])
+        # each row's (metric, compute) pairs in row order, looked up once
+        self._plans = {spec: [(f.metric, computes[f.metric]) for f in spec.fields] for spec in specs}
         self.monitor = SpikeMonitor(cfg) if cfg.enabled and cfg.spikes else None
         self._inputs: ProbeInputs | None = None  # this step's, from step_row to after_step
         self._probe_rows: list[tuple[int, torch.Tensor]] = []
@@ -84,7 +87,8 @@ class ProbeSession:
         Computes run in row order, so data-parallel ranks issue their collectives (the optimizer
         sums, the activation means) in the same order.
         """
-        return spec.flatten({f.metric: self.computes[f.metric](inputs) for f in spec.fields})
+        plan = self._plans.get(spec) or [(f.metric, self.computes[f.metric]) for f in spec.fields]
+        return spec.flatten({metric: compute(inputs) for metric, compute in plan})
 
     def step_row(self, parts: LossParts, grad_norm: torch.Tensor, clip_coef: torch.Tensor,
                  skipped: torch.Tensor, tensor_norms: list[torch.Tensor]) -> torch.Tensor:
