@@ -169,10 +169,12 @@ def _smoothing_text(style: CurveStyle) -> str:
 
 
 def _auto_span(data: Series, smooth: int | None) -> int:
-    """`smooth` when given, else `ema_span` of the longest run's logged points."""
+    """`smooth` when given, else `ema_span` of the longest run's logged points; 1 (raw) for a
+    sparse series (a probe every few steps: an EMA over it would only lag)."""
     if smooth is not None:
         return int(smooth)
-    return ema_span(max((int(s.notna().sum()) for s in data.values()), default=0))
+    n = max((int(s.notna().sum()) for s in data.values()), default=0)
+    return 1 if n <= SPARSE_POINTS else ema_span(n)
 
 
 def _check_signal(data: Series, what: str, grid: F.GridData) -> Series:
@@ -240,7 +242,8 @@ def metric_curves(grid: F.GridData, metric: str, *, smooth: int | None = None, b
                   width: str = "double", colors: dict[str, str] | None = None) -> Figure:
     """Seed mean (EMA, band, raw faint) of one series per arm, one panel per LR, markers on it.
 
-    `smooth`: EMA span in logged points (None: `ema_span`; 1: raw only). `band`: "minmax" over
+    `smooth`: EMA span in logged points (None: `ema_span`, raw for a series of at most
+    `SPARSE_POINTS` points; 1: raw only). `band`: "minmax" over
     seeds, "sd" (mean ± sd) or None. `lr`: only runs at that LR. `mark_spikes`: mark the spike
     events of this metric (`OWN_SPIKES`: both loss series share the loss events), never another
     series' events. An arm without finite points is skipped (`fig.skipped`); when no run has a

@@ -319,7 +319,7 @@ def _spike_panels(runs: pd.DataFrame) -> tuple[list[tuple[str, str, str]], dict[
             panels.append((col, key, what))
         else:
             zero = reason == "every value is 0"
-            why = f"{col} is 0 in every run (no spikes)" if zero else f"no {col} value"
+            why = f"{col} is 0 in every run: no spikes" if zero else f"no {col} value"
             dropped[f"{what.lower()} panel"] = why
     return panels, dropped
 
@@ -402,8 +402,8 @@ def spike_scores_figure(data, compare_df: pd.DataFrame | None = None, *, lr: flo
         ax.set_title(what)
     shown = _compare_rows(compare_df, tuple(n for col, key, _ in cols for n in (col, key)))
     figure_legend(fig, _bar_proxies(seeds=True))
-    return finish(fig, f"{_name_of(data)}: spike scores per arm (percent of points 7 sd or more from "
-                       f"the running mean){lr_title(lr)}" + _few_seeds_line(shown))
+    return finish(fig, f"{_name_of(data)}: spike scores per arm (% of points ≥ 7 sd from the running "
+                       f"mean){lr_title(lr)}" + _few_seeds_line(shown))
 
 
 def _spike_diff_panels(compare_df: pd.DataFrame) -> tuple[list, dict[str, str]]:

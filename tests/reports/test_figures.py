@@ -14,6 +14,7 @@ from scipy import stats as sps
 
 from reports import figures as R
 from reports import figures_common as D
+from reports import figures_curves as FC
 from reports import figures_summary as FS
 from reports import frames as F
 from reports import style as S
@@ -193,13 +194,16 @@ def test_loss_curves_ema_over_faint_raw_one_panel_per_lr(grid):
 
 
 def test_loss_curves_prefer_the_cross_entropy():
-    g = synthetic_grid(seeds=(0,), steps=40)
+    g = synthetic_grid(seeds=(0,), steps=60)
     ce = g.series[g.series["metric"] == M.TRAIN_LOSS].assign(metric=M.TRAIN_CE_LOSS)
     g.series = pd.concat([g.series, ce.assign(value=ce["value"] - 0.1)], ignore_index=True)
     fig = R.loss_curves(g)
     assert panels(fig)[0].get_ylabel() == "Training loss (CE, nats)"
     np.testing.assert_allclose(one(fig, "mean|olmo2|0.003").get_ydata(),
-                               ema_seed_mean(g, M.TRAIN_CE_LOSS, "olmo2", 3e-3, D.ema_span(40)).to_numpy())
+                               ema_seed_mean(g, M.TRAIN_CE_LOSS, "olmo2", 3e-3, D.ema_span(60)).to_numpy())
+    sparse = R.embedding_norm_curves(synthetic_grid(seeds=(0,), steps=FC.SPARSE_POINTS))
+    assert not gid_objs(sparse, "raw|") and "EMA" not in sparse.get_suptitle()  # a probe series: raw, no lag
+    assert one(sparse, "mean|olmo2|0.003").get_marker() == "o"  # and its points shown
 
 
 def test_loss_curves_options(grid):
@@ -649,9 +653,9 @@ def test_spike_scores_drop_an_all_zero_panel_not_the_figure(two_seeds):
     fig = R.spike_scores_figure(two_seeds)
     (ax,) = fig.axes
     assert ax.get_title() == "Gradient norm" and "Grad-norm" in ax.get_ylabel()
-    assert fig.skipped == {"loss panel": f"{F.SPIKE_SCORE_LOSS} is 0 in every run (no spikes)"}
+    assert fig.skipped == {"loss panel": f"{F.SPIKE_SCORE_LOSS} is 0 in every run: no spikes"}
     assert fig.get_suptitle().count("is 0 in every run") == 1
-    assert "loss panel (loss spike score is 0 in every run (no spikes))" in fig.get_suptitle()
+    assert "not shown: loss panel (loss spike score is 0 in every run: no spikes)" in fig.get_suptitle()
     np.testing.assert_allclose([p.get_height() for p in ax.patches if p.get_gid() == "bar|no_qk_norm"],
                                [100.0 / 60 / 2])  # one spike in 60 points, seed mean of (1/60, 0)
     cmp = R.spike_scores_figure(compare_arms(two_seeds, n_boot=200), baseline="olmo2")
