@@ -1,4 +1,5 @@
-"""The one owner of metric names (DESIGN.md section 3): slash-separated, lower case, layer last.
+"""The one owner of metric names and their declarations (docs/metrics.md is generated from them):
+slash-separated, lower case, layer last.
 
 Every metric is declared here once, as its constant: key, cadence, shape, what it is and its
 source. Trainer, tracking, dashboards and reports refer to these constants, never to string

@@ -1,4 +1,4 @@
-"""Growth exponent lambda at initialisation (OLMo 2 section 3.2; REFERENCE.md section 2).
+"""Growth exponent lambda at initialisation (OLMo 2 section 3.2; docs/reference.md section 4).
 
 A batch of documents goes through a freshly initialised model. The residual stream after the
 first block (h1) and after the last block (hL), embeddings excluded, and the gradients of the
