@@ -100,6 +100,7 @@ class Tracker:
         self._seq = 0
         self._backoff = 0.5
         self._next_drain = 0.0  # monotonic time of the next attempt to drain the spool
+        self._sent_so_far = 0  # points of this backlog sent by drains that yielded to the queue
         self._outage_since: float | None = None
         self._dense_seen: set[str] = set()
         self._deadline: float | None = None  # set by finish(): after it, records go to the spool
@@ -200,7 +201,7 @@ class Tracker:
             try:
                 item = self._queue.get(timeout=wait)
             except queue.Empty:
-                self._drain()
+                self._drain(yield_to_queue=True)
                 continue
             items, stop = [], None
             n_points = 0
@@ -230,6 +231,8 @@ class Tracker:
                 finally:
                     self._queue.task_done()
                 return
+            if self.spool.pending and time.monotonic() >= self._next_drain:
+                self._drain(yield_to_queue=True)  # after task_done: a flush() never waits on it
 
     def _send_bounded(self, rec: dict[str, Any]) -> None:
         """Send one record with the short retry; raise the last error."""
@@ -243,14 +246,14 @@ class Tracker:
                 time.sleep(SEND_DELAYS[attempt])
 
     def _deliver(self, rec: dict[str, Any]) -> None:
-        """Send `rec`, or append it to the spool when the store is away (or behind a backlog)."""
-        if self._deadline is not None and time.monotonic() >= self._deadline:
-            self.spool.append([rec])  # finish() ran out of time: keep the rest for a replay
-            return
-        if self.spool.pending and time.monotonic() >= self._next_drain:
-            self._drain()
-        if self.spool.pending:
-            self.spool.append([rec])
+        """Send `rec`, or append it to the spool when the store is away (or behind a backlog).
+
+        Behind a backlog it is only appended: the spool is sent between queue items, so a
+        `flush()` (before every checkpoint) waits for a file append, never for a drain.
+        """
+        if self.spool.pending or (self._deadline is not None
+                                  and time.monotonic() >= self._deadline):
+            self.spool.append([rec])  # behind the backlog, or finish() ran out of time
             return
         try:
             self._send_bounded(rec)
@@ -266,13 +269,22 @@ class Tracker:
                   f"{str(exc).splitlines()[0][:200]}); spooling to {self.spool.path}",
                   file=sys.stderr)
 
-    def _drain(self, timeout: float = SEND_TIMEOUT_S) -> bool:
-        """Send the spool from its head; True when it is empty afterwards."""
+    def _drain(self, timeout: float = SEND_TIMEOUT_S, yield_to_queue: bool = False) -> bool:
+        """Send the spool from its head; True when it is empty afterwards.
+
+        With `yield_to_queue`, stop after any request once the trainer has queued something
+        (the next drain resumes at the head): a long backlog never holds up a `flush()`.
+        """
         if not self.spool.pending:
             return True
-        sent = 0
+        sent = requests = 0
         try:
             for group, end in spool_groups(self.spool.records()):
+                if requests and yield_to_queue and not self._queue.empty():
+                    self._sent_so_far += sent
+                    self._next_drain = time.monotonic()  # back to it once the queue is served
+                    return False
+                requests += 1
                 try:
                     sent += self._sender.send(group, timeout=timeout)
                 except Exception as exc:  # noqa: BLE001
@@ -283,11 +295,13 @@ class Tracker:
                     self._error = exc
                 self.spool.advance(end, group[-1]["id"])
         except Exception:  # noqa: BLE001 - still away: back off
+            self._sent_so_far += sent
             self._next_drain = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, self.retry_max_interval)
             return False
         self.spool.clear()
         self._backoff = 0.5
+        sent, self._sent_so_far = sent + self._sent_so_far, 0
         if self._outage_since is not None:
             print(f"tracking: store back after {time.monotonic() - self._outage_since:.0f} s; "
                   f"spool sent ({sent} points)", file=sys.stderr)

@@ -225,6 +225,35 @@ def test_simulated_outage_spools_then_drains_in_order_exactly_once(tmp_path):
     assert run.info.status == "FINISHED" and run.data.params["p"] == "1"
 
 
+def test_flush_during_a_long_backlog_waits_for_an_append_not_the_drain(tmp_path):
+    """A checkpoint flushes the tracker; right after an outage the spool may take many requests
+    to send, and the flush must not wait for them (it did: a 4.7 s pause in training)."""
+    uri = f"sqlite:///{tmp_path}/db.sqlite"
+    tracker = _tracker(uri, tmp_path, retry_max_interval=0.2)
+    outage = _Outage(tracker)
+    outage.down.set()
+    _log_steps(tracker, range(2000))  # 20 requests of 1000 points once the store is back
+    tracker.flush()
+    assert tracker.spool.pending
+    draining = threading.Event()
+    fail = tracker._sender.send  # the outage's send, now passing through
+
+    def slow(group, timeout=tracking.SEND_TIMEOUT_S):
+        draining.set()
+        time.sleep(0.2)
+        return fail(group, timeout)
+
+    tracker._sender.send = slow
+    outage.down.clear()
+    assert draining.wait(10), "the spool was never drained"
+    _log_steps(tracker, [2000])
+    tracker.flush()
+    assert tracker.spool.pending, "flush() waited for the whole backlog"
+    assert tracker.spool.max_step(KEYS[0]) == 2000  # the flushed point is in the spool, in order
+    assert tracker.finish("finished") is None
+    _assert_exactly_once(uri, tracker.run_id, 2001)
+
+
 def test_finish_with_a_slow_store_spools_the_backlog_at_its_deadline(tmp_path):
     uri = f"sqlite:///{tmp_path}/db.sqlite"
     tracker = _tracker(uri, tmp_path)
