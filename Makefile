@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # $(VENV) first (any version the project's range admits); this step then installs nothing.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint bench reproduce reproduce-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ demo: setup
 	$(VENV)/bin/stability report quick
 	$(VENV)/bin/stability dashboard quick
 	@echo "the stability command is in $(VENV)/bin: run 'source $(VENV)/bin/activate' to put it on your PATH (or call $(VENV)/bin/stability)"
+
+# The OLMo 2 stability section, finding by finding (docs/reproduce.md): ~45 min on 2 cores;
+# the quick subset ~10 min. Both resumable: rerun to continue.
+reproduce: setup
+	$(VENV)/bin/stability reproduce
+
+reproduce-quick: setup
+	$(VENV)/bin/stability reproduce --quick
 
 test: setup
 	$(PY) -m pytest

@@ -305,32 +305,8 @@ def embedding_norm_curves(grid: F.GridData, smooth: int | None = None, *, band: 
 
 # ------------------------------------------------------------------------------ per-layer data
 
-def _layer_frame(grid: F.GridData, key: str, run_ids, *, heads: str = "max") -> pd.DataFrame:
-    """(run_id, step, layer, value) of a per-layer key: the dense artifact (per-head rows reduced
-    by `heads` = "max", or only head -1 rows with "none"), else the `key/layer_i` series."""
-    ids = set(run_ids)
-    d = grid.dense
-    d = d[(d["key"] == key) & (d["layer"] >= 0) & d[F.RUN_ID].isin(ids)] if len(d) else d.iloc[0:0]
-    if heads == "none":
-        d = d[d["head"] == -1]
-    d = d.assign(value=pd.to_numeric(d["value"], errors="coerce"))
-    d = d.groupby([F.RUN_ID, "step", "layer"], as_index=False)["value"].max()
-    rest = ids - set(d[F.RUN_ID])
-    s = grid.series
-    prefix = key + "/layer_"
-    s = s[s[F.RUN_ID].isin(rest) & s["metric"].astype(str).str.startswith(prefix)]
-    if len(s):
-        layer = pd.to_numeric(s["metric"].str[len(prefix):], errors="coerce")
-        s = s.assign(layer=layer, value=pd.to_numeric(s["value"], errors="coerce")).dropna(subset=["layer"])
-        s = s.assign(layer=s["layer"].astype(int))[[F.RUN_ID, "step", "layer", "value"]]
-        d = pd.concat([d, s], ignore_index=True) if len(d) else s
-    out = d.reset_index(drop=True)
-    out.loc[~np.isfinite(out["value"].astype(float)), "value"] = np.nan
-    return out
-
-
 def _over_layers(frame: pd.DataFrame, how: str) -> Series:
-    """{run_id: per-step `how` ("max" or "mean") over layers} of a `_layer_frame`."""
+    """{run_id: per-step `how` ("max" or "mean") over layers} of a `frames.layer_frame`."""
     out = {}
     for rid, g in frame.groupby(F.RUN_ID, sort=False):
         s = g.groupby("step")["value"].agg(how)
@@ -357,7 +333,7 @@ def attn_logit_curves(grid: F.GridData, *, lr: float | None = None, logy: bool =
     every few steps, so `smooth` defaults to 1 (raw). Several LRs: one panel per LR.
     """
     runs = filter_lr(grid.runs, lr)
-    frame, reason = _with_signal(_layer_frame(grid, M.ATTN_LOGIT_MAX, runs[F.RUN_ID]))
+    frame, reason = _with_signal(F.layer_frame(grid, M.ATTN_LOGIT_MAX, runs[F.RUN_ID]))
     if reason is not None:
         raise MissingData(f"{M.ATTN_LOGIT_MAX} (dense or per-layer series): {reason} in grid {grid.name!r}")
     style = CurveStyle(span=smooth, spike_series=None)
@@ -413,7 +389,7 @@ def attn_logit_layers(grid: F.GridData, *, lr: float | None = None, logy: bool =
     axis), seed mean, colour by layer, one layer legend. Several LRs: one (`reference_lr`)."""
     lr = reference_lr(grid.runs, grid.baseline, lr)
     runs = filter_lr(grid.runs, lr)
-    frame, reason = _with_signal(_layer_frame(grid, M.ATTN_LOGIT_MAX, runs[F.RUN_ID]))
+    frame, reason = _with_signal(F.layer_frame(grid, M.ATTN_LOGIT_MAX, runs[F.RUN_ID]))
     if reason is not None:
         raise MissingData(f"{M.ATTN_LOGIT_MAX} (dense or per-layer series): {reason} in grid {grid.name!r}")
     arms, missing = _arms_with(grid, [frame], runs)
@@ -445,7 +421,7 @@ def _eps_panels(grid: F.GridData, runs: pd.DataFrame) -> tuple[list[tuple[str, S
             reason = no_signal(np.concatenate([x.to_numpy() for x in data.values()])) if data else "no data"
             style = CurveStyle(span=_auto_span(data, None), spike_series=OWN_SPIKES.get(key))
         else:
-            frame, reason = _with_signal(_layer_frame(grid, key, ids, heads="none"))
+            frame, reason = _with_signal(F.layer_frame(grid, key, ids, heads="none"))
             data, style = _over_layers(frame, how), CurveStyle(span=1, spike_series=None)
         if reason is None:
             panels.append((key, data, style, logy))

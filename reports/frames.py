@@ -29,8 +29,10 @@ Frames (column order as in the constants below):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from stability import store
@@ -149,3 +151,29 @@ class GridData:
 
     def run_spikes(self, run_id: str) -> pd.DataFrame:
         return self.spikes[self.spikes[RUN_ID] == run_id].reset_index(drop=True)
+
+
+def layer_frame(grid: GridData, key: str, run_ids: Iterable[str] | None = None, *,
+                heads: str = "max") -> pd.DataFrame:
+    """(run_id, step, layer, value) of a per-layer key: the dense artifact (per-head rows reduced
+    by `heads` = "max", or only head -1 rows with "none"), else the `key/layer_i` series; non-finite
+    values as NaN. `run_ids`: those runs (None: all)."""
+    ids = set(grid.runs[RUN_ID] if run_ids is None else run_ids)
+    d = grid.dense
+    d = d[(d["key"] == key) & (d["layer"] >= 0) & d[RUN_ID].isin(ids)] if len(d) else d.iloc[0:0]
+    if heads == "none":
+        d = d[d["head"] == -1]
+    d = d.assign(value=pd.to_numeric(d["value"], errors="coerce"))
+    d = d.groupby([RUN_ID, "step", "layer"], as_index=False)["value"].max()
+    rest = ids - set(d[RUN_ID])
+    s = grid.series
+    prefix = key + "/layer_"
+    s = s[s[RUN_ID].isin(rest) & s["metric"].astype(str).str.startswith(prefix)]
+    if len(s):
+        layer = pd.to_numeric(s["metric"].str[len(prefix):], errors="coerce")
+        s = s.assign(layer=layer, value=pd.to_numeric(s["value"], errors="coerce")).dropna(subset=["layer"])
+        s = s.assign(layer=s["layer"].astype(int))[[RUN_ID, "step", "layer", "value"]]
+        d = pd.concat([d, s], ignore_index=True) if len(d) else s
+    out = d.reset_index(drop=True)
+    out.loc[~np.isfinite(out["value"].astype(float)), "value"] = np.nan
+    return out

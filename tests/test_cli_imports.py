@@ -37,7 +37,7 @@ def test_help_names_every_subcommand_and_imports_no_torch():
     text = got["help"]
     names = command_names()
     assert set(names) == {"train", "config", "presets", "probe-init", "grid", "report",
-                             "dashboard", "tracking"}
+                             "dashboard", "tracking", "reproduce"}
     description = text.split("\n\n")[1]  # usage, then the description
     for name in names:
         assert name in description, name
@@ -53,7 +53,8 @@ def test_subcommand_help_imports_no_torch(argv):
 
 
 @pytest.mark.parametrize("argv", [["config", "--preset", "olmo2-small"], ["presets"],
-                                  ["grid", "plan", "quick"], ["grid", "plan", "olmo2_section3"]])
+                                  ["grid", "plan", "quick"], ["grid", "plan", "olmo2_section3"],
+                                  ["reproduce", "--plan"], ["reproduce", "--plan", "--scale", "gpu"]])
 def test_commands_that_need_no_model_import_no_torch(argv):
     got = _help(*argv)
     assert got["help"].strip() and not got["torch"], argv

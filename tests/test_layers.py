@@ -1,6 +1,6 @@
 """The package layers point down and nothing reaches into another module's private names.
 
-Layers: model -> stability -> {ablations, reports}; reports reads the store and never imports the
+Layers: model -> stability -> {ablations, reports} -> studies; reports reads the store and never imports the
 grid runner (nor the runner the reports). Every executed import counts, also those inside
 functions (a lazy import is still a dependency); imports under `if TYPE_CHECKING:` are type hints
 only and never run. Also: no import cycle between modules, and no `from other_module import
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RANK = {"model": 0, "stability": 1, "ablations": 2, "reports": 2}
+RANK = {"model": 0, "stability": 1, "ablations": 2, "reports": 2, "studies": 3}
 APART = {("reports", "ablations"), ("ablations", "reports")}
 
 

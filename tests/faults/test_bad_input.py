@@ -63,6 +63,11 @@ CASES = {
     "grid_run_baseline_not_an_arm": ({"g.toml": 'baseline = "olmo2"\n' + GRID},
                                      ("grid", "run", "g.toml", "--no-progress"),
                                      "error: baseline: 'olmo2' is not an arm (arms: a, b)"),
+    "reproduce_unknown_study": ({}, ("reproduce", "--only", "study_nope"),
+                                "error: --only: study_nope not in (study_ngram, study_init, study_norm, "),
+    "reproduce_scale": ({}, ("reproduce", "--scale", "tpu"), "error: --scale: 'tpu' not in (cpu, quick, gpu)"),
+    "reproduce_gpu_without_gpu": ({}, ("reproduce", "--scale", "gpu"),
+                                  "error: --scale: 'gpu' needs GPUs and this machine shows none"),
 }
 
 
@@ -80,7 +85,8 @@ def _prepare(d: Path, files: dict) -> list[str]:
 # One case per kind of mistake in the default suite; the rest with `-m slow` (each case is a
 # Python start-up: about 2 s of CPU).
 DEFAULT = ("malformed_toml", "unknown_key_in_file", "wrong_type", "negative_lr", "xformers_cpu",
-           "corpus_empty_file", "token_ids_beyond_vocab", "grid_run_baseline_not_an_arm")
+           "corpus_empty_file", "token_ids_beyond_vocab", "grid_run_baseline_not_an_arm",
+           "reproduce_unknown_study")
 
 
 @pytest.fixture(scope="module")
