@@ -73,7 +73,7 @@ def write_reproduction(plan: Plan, uri: str, out: Path, *, growth: pd.DataFrame 
             sections.append(f"## {study.title}\n\nnot run yet (no experiment {name!r} in {uri})\n")
             continue
         t0 = time.monotonic()
-        report = build_report(grid, out / name, n_boot=n_boot)
+        report = build_report(grid, out / name, test=TEST, n_boot=n_boot)
         report_seconds[name] = time.monotonic() - t0
         rows = study_findings(study, grid, n_boot=n_boot)
         if growth is not None and study.growth_widths:
@@ -91,7 +91,8 @@ def write_reproduction(plan: Plan, uri: str, out: Path, *, growth: pd.DataFrame 
             f"## {study.title}", "", study.claim, "",
             f"Grid `{name}` ({len(p.spec.arms)} arms x {len(p.spec.seeds)} seeds"
             f"{f' x {len(p.spec.lrs)} lrs' if p.spec.lrs else ''}, {p.spec.budget.get('steps')} steps of "
-            f"{p.spec.preset}; {n_runs} results): [its report]({name}/summary.md). {report.headline}", "",
+            f"{p.spec.preset}; {n_runs} results): [its report]({name}/summary.md).", "",
+            "```text", report.headline.split("\nnot drawn:")[0].rstrip(), "```", "",
             *figs, ""]))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(COLUMNS))
     atomic_write_text(out / "findings.csv", table.to_csv(index=False))

@@ -65,7 +65,8 @@ CASES = {
                                      "error: baseline: 'olmo2' is not an arm (arms: a, b)"),
     "reproduce_unknown_study": ({}, ("reproduce", "--only", "study_nope"),
                                 "error: --only: study_nope not in (study_ngram, study_init, study_norm, "),
-    "reproduce_scale": ({}, ("reproduce", "--scale", "tpu"), "error: --scale: 'tpu' not in (cpu, quick, gpu)"),
+    "reproduce_scale": ({}, ("reproduce", "--scale", "tpu"),
+                        "error: --scale: 'tpu' not in (cpu, quick, gpu)"),
     "reproduce_gpu_without_gpu": ({}, ("reproduce", "--scale", "gpu"),
                                   "error: --scale: 'gpu' needs GPUs and this machine shows none"),
 }
