@@ -12,12 +12,15 @@ and dense artifacts on a model trained by `transformers`.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from stability import store
 from stability.hooks.monitor import StabilityMonitor
 from stability.hooks.options import parse_options
 
@@ -74,6 +77,14 @@ class StabilityCallback(TrainerCallback):
             model, unwrap_optimizer(optimizer), parse_options(self.raw, **defaults), hook="hf",
             watch_grads=True, watch_loss=True, attach_run_id=attach, tracking_uri=uri,
             start_step=state.global_step)
+        # HF calls no callback when training raises: the run must not stay "running"
+        atexit.register(self._end_unended)
+
+    def _end_unended(self) -> None:
+        if self.monitor is not None and not self.monitor.closed:
+            print("stability hooks: the HF Trainer never ended training (an exception?): the run "
+                  "is marked failed", file=sys.stderr)
+            self.monitor.close(store.FAILED)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.monitor is not None:

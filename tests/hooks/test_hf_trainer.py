@@ -89,3 +89,39 @@ def test_mlflow_integration_on_one_run_and_pre_clip_norm(corpus, mlflow_uri, tmp
     run = client.get_run(monitor.run_id)
     assert (run.data.tags["arm"], run.data.tags["seed"], run.data.tags["status"]) == ("base", "7", "finished")
     assert_once_per_step(hist, [k for k in hist if "/" in k])
+
+
+CRASH = """
+import sys, torch
+from transformers import Trainer, TrainingArguments, TrainerCallback
+from stability.hooks.hf import StabilityCallback
+from tests.hooks.helpers import MODELS
+
+class Boom(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == 3:
+            raise RuntimeError("the host loop broke")
+
+rows = torch.randint(0, 512, (16, 32))
+args = TrainingArguments(output_dir=sys.argv[2], max_steps=8, per_device_train_batch_size=4,
+                         report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+cb = StabilityCallback(tracking_uri=sys.argv[1], experiment="crash", log_every=1)
+Trainer(model=MODELS["llama"](), args=args, train_dataset=[{"input_ids": r, "labels": r} for r in rows],
+        callbacks=[Boom(), cb]).train()
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter importing transformers: ~25 s
+def test_a_run_the_hf_trainer_never_ended_is_marked_failed(mlflow_uri, tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", CRASH, mlflow_uri, str(tmp_path / "out")], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "the host loop broke" in done.stderr
+    assert "marked failed" in done.stderr
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("crash").experiment_id])
+    assert run.data.tags["status"] == "failed" and run.info.status == "FAILED"
