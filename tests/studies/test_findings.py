@@ -19,7 +19,8 @@ def test_grad_excursion_is_the_largest_ratio_to_the_previous_window_median():
     s = pd.Series([1.0, 3.0] * 50 + [10.0, 2.0, 1.0], index=np.arange(103))
     # the median of the 100 steps before step 100 is 2 (50 ones, 50 threes): 10 / 2
     assert X.grad_excursion(s) == pytest.approx(5.0)
-    assert np.isnan(X.grad_excursion(s.iloc[:100]))  # no point has a full window
+    assert np.isnan(X.grad_excursion(s.iloc[:100], window=100))  # no point has a full window
+    assert X.grad_excursion(s.iloc[:9]) == pytest.approx(3.0)  # window n/3: 3 / median(1, 3, 1)
 
 
 def test_findings_rows_equal_a_hand_computed_paired_comparison():

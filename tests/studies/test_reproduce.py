@@ -20,7 +20,7 @@ def test_plan_scales_name_their_experiments_apart_and_count_cells():
         for p in plan.studies:
             lrs = len(p.spec.lrs) if p.spec.lrs else 1
             assert p.cells == len(p.spec.arms) * len(p.spec.seeds) * lrs == len(p.spec.cells())
-    assert all(p.spec.budget["steps"] == 150 and len(p.spec.seeds) == 3 for p in quick.studies)
+    assert all(p.spec.budget["steps"] == 120 and len(p.spec.seeds) == 3 for p in quick.studies)
     assert {p.spec.preset for p in gpu.studies} == {"olmo2-190M"}
     assert all(p.spec.gpus == 1 for p in gpu.studies)
     lr = next(p for p in quick.studies if p.spec.lrs)
