@@ -76,8 +76,8 @@ def _lr_text(lr: float | None) -> str:
 
 def findings_markdown(table: pd.DataFrame, titles: dict[str, str]) -> str:
     """The table a reader reads: paper | measured | same direction?"""
-    header = ["study", "the paper reports", "we compare", "measured: arm - baseline (95% CI; means)",
-              "p (Holm)", "same direction?"]
+    header = ["study", "the paper reports", "we compare",
+              "measured: arm - baseline (95% CI; baseline vs arm means)", "p (Holm)", "same direction?"]
     rows = []
     for r in table.itertuples(index=False):
         diff = (f"{fmt_sig(r.mean_diff)} (CI {fmt_sig(r.ci_low)} to {fmt_sig(r.ci_high)}; "
