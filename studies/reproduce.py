@@ -151,17 +151,23 @@ def run_studies(plan: Plan, *, jobs: int, tracking_uri: str | None, runs_dir: st
                 progress: bool = True) -> tuple[dict[str, float], dict[str, str]]:
     """Run every study's grid (cells already done are skipped); (wall seconds, status) per grid."""
     from ablations.backends import RunOptions, runner_for
+    from ablations.grid_tracking import GridStore
+    from ablations.status import cell_statuses
+    from stability.store import RESULTS
 
     seconds, statuses = {}, {}
     for p in plan.studies:
         runner = runner_for("local", p.spec, RunOptions(jobs=jobs, tracking_uri=tracking_uri,
                                                          runs_dir=runs_dir, progress=progress))
-        print(f"[{p.spec.name}] {p.cells} cells (those done before are skipped)", flush=True)
+        done = sum(c.status in RESULTS for c in cell_statuses(p.spec, GridStore(runner.uri, p.spec),
+                                                               with_steps=False))
+        print(f"[{p.spec.name}] {p.cells} cells, {p.cells - done} to run", flush=True)
         t0 = time.monotonic()
         outcome = runner.run()
-        seconds[p.spec.name] = time.monotonic() - t0
+        if done < p.cells:  # a grid done before took no time now: leave it out of the times
+            seconds[p.spec.name] = time.monotonic() - t0
         statuses[p.spec.name] = outcome.status
         c = outcome.counts
         print(f"[{p.spec.name}] {outcome.status} ({', '.join(f'{v} {k}' for k, v in c.items() if v)}) "
-              f"in {duration(seconds[p.spec.name])}", flush=True)
+              f"in {duration(time.monotonic() - t0)}", flush=True)
     return seconds, statuses

@@ -39,7 +39,7 @@ def test_one_study_end_to_end_then_resumed(tmp_path):
             "--set", "budget.steps=40", "--jobs", "2", "--no-progress", "--bootstrap", "200")
     first = cli(*argv, cwd=tmp_path, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "study_eps_quick" in first.stdout and "6 finished" in first.stdout
+    assert "study_eps_quick" in first.stdout and "6 finished" in first.stdout and "6 to run" in first.stdout
     out = tmp_path / "results" / "reproduce_quick"
     rows = list(csv.DictReader((out / "findings.csv").open()))
     eps = next(s for s in STUDIES if s.name == "study_eps")
@@ -53,3 +53,4 @@ def test_one_study_end_to_end_then_resumed(tmp_path):
     assert "](study_eps_quick/figures/update_rms_and_eps.png)" in summary
     again = cli(*argv, cwd=tmp_path, timeout=900)
     assert again.returncode == 0 and "6 finished" in again.stdout, again.stderr[-3000:]
+    assert "6 cells, 0 to run" in again.stdout and "grids already done" in (out / "summary.md").read_text()
