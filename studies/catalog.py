@@ -52,7 +52,7 @@ STUDIES: tuple[Study, ...] = (
         (Finding("mitchell", X.SPIKE_SCORE_GRAD, UP, "grad-norm spike score 0.40 (mitchell) vs 0.03"),
          Finding("mitchell", X.GRAD_EXCURSION, UP, "more grad-norm spikes with mitchell"),
          Finding("mitchell", X.FINAL_EVAL_LOSS, UP, "(ours) a worse loss with mitchell")),
-        ("grad_norm_curves", "loss_curves"), growth_widths=(128, 256, 512, 1024)),
+        ("grad_norm_curves", "loss_curves"), growth_widths=(128, 256, 512, 1024, 2048)),
     Study(
         "study_norm", "Reordered norm and QK-norm",
         "Reordered (post-sublayer) RMSNorm with QK-norm spikes less than pre-norm without QK-norm.",
@@ -60,7 +60,9 @@ STUDIES: tuple[Study, ...] = (
          Finding("pre_norm_no_qk_norm", X.GRAD_EXCURSION, UP, "grad-norm spikes without both"),
          Finding("pre_norm_no_qk_norm", X.MAX_GRAD_NORM, UP, "larger grad norm without both"),
          Finding("pre_norm_no_qk_norm", X.MAX_ATTN_LOGIT, UP, "(mechanism) attention logits grow"),
-         Finding("no_qk_norm", X.MAX_ATTN_LOGIT, UP, "(mechanism) QK-norm bounds the logits")),
+         Finding("no_qk_norm", X.MAX_ATTN_LOGIT, UP, "(mechanism) QK-norm bounds the logits"),
+         Finding("no_qk_norm", X.SPIKE_SCORE_GRAD, UP, "(ours) QK-norm alone: spikes without it"),
+         Finding("no_qk_norm", X.GRAD_EXCURSION, UP, "(ours) QK-norm alone: spikes without it")),
         ("grad_norm_curves", "attn_logit_curves")),
     Study(
         "study_eps", "AdamW epsilon",
