@@ -89,3 +89,22 @@ def test_every_study_names_arms_of_its_grid():
         assert {f.arm for f in study.findings} <= set(spec.arms) - {spec.baseline}, study.name
         assert all(f.lr is None or f.lr in spec.lrs for f in study.findings), study.name
         assert len(spec.seeds) >= 3, study.name
+
+
+@pytest.mark.parametrize("width", ["double", "single"])
+def test_findings_figure_reads_as_words_with_one_legend(width):
+    from reports.style import WIDTHS
+    from studies.figure import findings_figure
+    from tests.reports.test_figure_text import RAW_COLUMN, RAW_KEY, texts
+
+    grid = synthetic_grid(arms=("olmo2", "no_qk_norm"), seeds=(0, 1, 2), arm_offset={"no_qk_norm": 0.2},
+                          spike_steps={("no_qk_norm", s, 3e-3): [120] for s in (0, 1, 2)})
+    study = Study("synthetic", "Synthetic", "claim", (
+        Finding("no_qk_norm", X.FINAL_EVAL_LOSS, UP, "a"),
+        Finding("no_qk_norm", X.SPIKE_SCORE_GRAD, UP, "b")), ())  # the baseline's score is 0
+    table = study_findings(study, grid, n_boot=200)
+    fig = findings_figure(table, {"synthetic": "Synthetic"}, width=width)
+    shown = texts(fig)
+    assert not [t for t in shown if RAW_KEY.search(t) or RAW_COLUMN.search(t)]
+    assert any(t.startswith("baseline 0, arm +") for t in shown)  # no relative change from 0: said
+    assert len(fig.legends) == 1 and fig.get_figwidth() == pytest.approx(WIDTHS[width])
