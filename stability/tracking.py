@@ -231,8 +231,9 @@ class Tracker:
                 finally:
                     self._queue.task_done()
                 return
-            if self.spool.pending and time.monotonic() >= self._next_drain:
+            if self._deadline is None and self.spool.pending and time.monotonic() >= self._next_drain:
                 self._drain(yield_to_queue=True)  # after task_done: a flush() never waits on it
+                # (once finish() set its deadline, only _drain_until sends, within it)
 
     def _send_bounded(self, rec: dict[str, Any]) -> None:
         """Send one record with the short retry; raise the last error."""
