@@ -12,7 +12,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from stability import store
-from stability.callbacks.base import Callback, ReadOutEvent
+from stability.callbacks.tracking import TrackingCallback
 from stability.store import Tag
 from stability.tracking import Tracker
 
@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 HOOK_TAG = "stability.hook"  # which hook wrote the run: plain, hf, lightning
 
 
-class HookTracking(Callback):
-    """Opens (or attaches to) the run at start, writes what the monitor produces, ends it with
-    its status. `attach_run_id` / `uri`: a run the host opened, in the host's store."""
+class HookTracking(TrackingCallback):
+    """Opens (or attaches to) the run at start, ends it with its status; what the monitor
+    produces is written as the trainer's tracking callback writes it. `attach_run_id` / `uri`:
+    a run the host opened, in the host's store."""
 
     def __init__(self, attach_run_id: str | None = None, uri: str | None = None) -> None:
+        super().__init__()
         self.attach_run_id = attach_run_id
         self.uri = uri
-        self.tracker: Tracker | None = None
 
     def on_train_start(self, trainer: StabilityMonitor) -> None:  # type: ignore[override]
         o = trainer.options
@@ -54,25 +55,6 @@ class HookTracking(Callback):
             Tag.DEVICE: str(trainer.probes.params[0].device), Tag.RANKS: 1,
             HOOK_TAG: trainer.hook,
         }
-
-    def on_read_out(self, trainer: StabilityMonitor, event: ReadOutEvent) -> None:  # type: ignore[override]
-        assert self.tracker is not None
-        for step, named in event.rows + event.probes:
-            self.tracker.log_metrics(step, named)
-        if event.clean and event.summary:
-            self.tracker.log_metrics(event.step, event.summary)
-
-    def on_metrics(self, trainer: Any, step: int, values: dict[str, float]) -> None:
-        if self.tracker is not None:
-            self.tracker.log_metrics(step, values)
-
-    def on_text(self, trainer: Any, text: str, artifact_file: str) -> None:
-        if self.tracker is not None:
-            self.tracker.log_text(text, artifact_file)
-
-    def on_dense_parts(self, trainer: Any, directory) -> None:
-        if self.tracker is not None:
-            self.tracker.log_dense_parts(directory)
 
     def on_train_end(self, trainer: Any, result: RunResult) -> None:
         tags = {Tag.DIVERGED_AT_STEP: result.diverged_at_step} if result.diverged_at_step is not None else {}
