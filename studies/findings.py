@@ -44,6 +44,27 @@ def verdict(mean_diff: float, p_holm: float, expect: str) -> str:
     return ("yes" if same else "no") + ("" if significant else ", n.s.")
 
 
+def paired_row(base_values: pd.Series, arm_values: pd.Series, n_boot: int, **labels) -> dict:
+    """The numbers of one row from per-seed baseline and arm values (aligned, finite), plus
+    `labels` (study, arm, baseline, measure, lr, paper, expected)."""
+    base, arm = base_values, arm_values
+    d = (arm - base).to_numpy(dtype=float)
+    low, high = bootstrap_ci(d, n_boot=n_boot)
+    p = paired_test(base, arm, TEST)[0] if len(d) and np.any(d != 0) else np.nan
+    n = len(d)
+    return {**labels, "n_pairs": n, "base_mean": float(base.mean()) if n else np.nan,
+            "arm_mean": float(arm.mean()) if n else np.nan, "mean_diff": float(d.mean()) if n else np.nan,
+            "ci_low": low, "ci_high": high, "p_value": p}
+
+
+def findings_table(rows: list[dict]) -> pd.DataFrame:
+    """`paired_row`s as a table (`COLUMNS`): Holm over them, and each row's verdict."""
+    out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "verdict")])
+    out["p_holm"] = holm(out["p_value"]) if len(out) else []
+    out["verdict"] = [verdict(m, p, e) for m, p, e in zip(out["mean_diff"], out["p_holm"], out["expected"])]
+    return out[list(COLUMNS)]
+
+
 def study_findings(study: Study, grid: F.GridData, n_boot: int = 10_000) -> pd.DataFrame:
     """One row per finding of `study` (columns `COLUMNS`)."""
     baseline = grid.baseline
@@ -52,19 +73,10 @@ def study_findings(study: Study, grid: F.GridData, n_boot: int = 10_000) -> pd.D
         if f.measure.name not in cache:
             cache[f.measure.name] = f.measure.values(grid)
         pairs = _pairs(cache[f.measure.name], baseline, f)
-        d = (pairs["arm"] - pairs["base"]).to_numpy(dtype=float)
-        p = paired_test(pairs["base"], pairs["arm"], TEST)[0] if len(d) and np.any(d != 0) else np.nan
-        low, high = bootstrap_ci(d, n_boot=n_boot)
-        rows.append({"study": study.name, "arm": f.arm, "baseline": baseline, "measure": f.measure.label,
-                     "lr": f.lr, "paper": f.paper, "n_pairs": len(d),
-                     "base_mean": float(pairs["base"].mean()) if len(d) else np.nan,
-                     "arm_mean": float(pairs["arm"].mean()) if len(d) else np.nan,
-                     "mean_diff": float(d.mean()) if len(d) else np.nan, "ci_low": low, "ci_high": high,
-                     "p_value": p, "expected": f.expect})
-    out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "verdict")])
-    out["p_holm"] = holm(out["p_value"]) if len(out) else []
-    out["verdict"] = [verdict(m, p, e) for m, p, e in zip(out["mean_diff"], out["p_holm"], out["expected"])]
-    return out[list(COLUMNS)]
+        rows.append(paired_row(pairs["base"], pairs["arm"], n_boot, study=study.name, arm=f.arm,
+                               baseline=baseline, measure=f.measure.label, lr=f.lr, paper=f.paper,
+                               expected=f.expect))
+    return findings_table(rows)
 
 
 EXPECT = {UP: "expect higher", "-": "expect lower"}

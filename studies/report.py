@@ -6,18 +6,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from reports import frames as F
 from reports.figures import SUBFOLDER, WIDTHS, growth_vs_width, save_figure
 from reports.load import load_grid
 from reports.report import build_report
-from reports.stats import bootstrap_ci, holm, paired_test
 from reports.tables import atomic_write_text
 from studies.catalog import UP
 from studies.figure import findings_figure
-from studies.findings import COLUMNS, TEST, findings_markdown, study_findings, verdict
+from studies.findings import COLUMNS, TEST, findings_markdown, findings_table, paired_row, study_findings
 from studies.reproduce import Plan, duration, init_of
 
 GROWTH_PAPER = "N(0, 0.02) keeps lambda nearer 0 across widths than the scaled init (figure)"
@@ -25,24 +23,15 @@ GROWTH_PAPER = "N(0, 0.02) keeps lambda nearer 0 across widths than the scaled i
 
 def growth_findings(table: pd.DataFrame, baseline: str, arm: str, n_boot: int) -> pd.DataFrame:
     """Per seed, the mean |lambda| over widths of `arm` minus `baseline`'s (activations, gradients)."""
+    widths = sorted(int(w) for w in set(table[F.D_MODEL]))
     rows = []
     for col, what in ((F.GROWTH_ACT, "activations"), (F.GROWTH_GRAD, "gradients")):
         per = table.assign(a=table[col].abs()).groupby(["init", "seed"])["a"].mean().unstack("init")
         pairs = per[[baseline, arm]].dropna()
-        d = (pairs[arm] - pairs[baseline]).to_numpy(dtype=float)
-        low, high = bootstrap_ci(d, n_boot=n_boot)
-        widths = sorted(int(w) for w in set(table[F.D_MODEL]))
-        rows.append({"study": "study_init", "arm": arm, "baseline": baseline,
-                     "measure": f"mean |growth exponent| of {what} over widths {widths}",
-                     "lr": None, "paper": GROWTH_PAPER, "n_pairs": len(d),
-                     "base_mean": float(pairs[baseline].mean()), "arm_mean": float(pairs[arm].mean()),
-                     "mean_diff": float(d.mean()) if len(d) else np.nan, "ci_low": low, "ci_high": high,
-                     "p_value": paired_test(pairs[baseline], pairs[arm], TEST)[0] if len(d) else np.nan,
-                     "expected": UP})
-    out = pd.DataFrame(rows)
-    out["p_holm"] = holm(out["p_value"])
-    out["verdict"] = [verdict(m, p, UP) for m, p in zip(out["mean_diff"], out["p_holm"])]
-    return out[list(COLUMNS)]
+        rows.append(paired_row(pairs[baseline], pairs[arm], n_boot, study="study_init", arm=arm,
+                               baseline=baseline, measure=f"mean |growth exponent| of {what} over "
+                               f"widths {widths}", lr=None, paper=GROWTH_PAPER, expected=UP))
+    return findings_table(rows)
 
 
 def _growth_figure(table: pd.DataFrame, out: Path) -> list[Path]:
