@@ -163,6 +163,9 @@ class SingleProcess:
     def mean_(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
+    def max_(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
     def eval_sums(self, total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
         return total, count
 
@@ -232,6 +235,11 @@ class DataParallel:
     def mean_(self, t: torch.Tensor) -> torch.Tensor:
         """Mean over ranks of equal-sized local means (one SUM all-reduce)."""
         return self.sum_(t).div_(self.world_size)
+
+    def max_(self, t: torch.Tensor) -> torch.Tensor:
+        """All-reduce (MAX) in place; returns `t`."""
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
 
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
         """Concatenate every rank's equal-shaped `t` along dim 0 in rank order (all-gather)."""

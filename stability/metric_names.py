@@ -16,6 +16,10 @@ OLMO2 = "OLMo 2 report (arXiv 2501.00656) section 3"
 WORTSMAN = "Wortsman et al. 2023, small-scale proxies (arXiv 2309.14322)"
 OLMO_CORE = "OLMo-core `StabilityMonitorCallback`"
 ZHAI = "Zhai et al. 2023, attention entropy collapse (arXiv 2303.06296)"
+MOLYBOG = "Molybog et al. 2023, a theory on Adam instability (arXiv 2304.09871)"
+SPAM = "Huang et al. 2025, SPAM: spike-aware Adam (arXiv 2501.06842)"
+SUBLAYER = ("Rybakov et al. 2024 (arXiv 2410.16682); Takase et al. 2023, Spike No More "
+            "(arXiv 2312.16903)")
 
 REGISTRY = Registry()
 _declare = REGISTRY.declare
@@ -67,6 +71,20 @@ OPTIM_EPS_REGIME = _declare("optim/eps_regime", Cadence.PROBE, Shape.PER_LAYER,
                                  "dominates the update's denominator", source=WORTSMAN)
 ACT_RMS = _declare("act/rms", Cadence.PROBE, Shape.PER_LAYER,
                    what="RMS of the residual stream after a block")
+UPDATE_GRAD_COS = _declare("update/grad_cos", Cadence.PROBE, Shape.PER_LAYER,
+                           what="cosine between a block's unscaled Adam update m_hat / (sqrt(v_hat) "
+                                "+ eps) and its gradient; near 0 the update no longer follows the "
+                                "descent direction", source=MOLYBOG)
+GRAD_V_RATIO_MAX = _declare("grad/v_ratio_max", Cadence.PROBE, Shape.PER_LAYER,
+                            what="largest g^2 / v_hat over a block's entries: the pre-clip gradient "
+                                 "against Adam's bias-corrected second moment before this step "
+                                 "(0 at the first step)", source=SPAM)
+ACT_ATTN_OUT_RMS = _declare("act/attn_out_rms", Cadence.PROBE, Shape.PER_LAYER,
+                            what="RMS of a block's attention output before any norm after it and "
+                                 "before it joins the residual stream", source=SUBLAYER)
+ACT_MLP_OUT_RMS = _declare("act/mlp_out_rms", Cadence.PROBE, Shape.PER_LAYER,
+                           what="RMS of a block's MLP output before any norm after it and before "
+                                "it joins the residual stream", source=SUBLAYER)
 GRAD_RMS_EMBED = _declare("grad/rms/embed", Cadence.PROBE,
                           what="RMS of the embedding's gradient entries", source=WORTSMAN)
 GRAD_RMS_LM_HEAD = _declare("grad/rms/lm_head", Cadence.PROBE,

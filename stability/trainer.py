@@ -192,6 +192,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         probe = self.probes.is_probe_step(step)
+        self.probes.arm(step)
         local = self.world.local_batch(batch)
         parts, hidden = self.forward_loss(local.to(self.device), probe)
         sync = self.world.step_sync(parts, local, batch)
@@ -202,13 +203,14 @@ class Trainer:
         factor = None
         if self.skip is not None:  # OLMo-core feeds the grad norm only when it clips
             factor = self.skip(parts.ce, grad_norm if cfg.optim.clip_grad_norm > 0 else None)
-        self.optimizer.step(factor)
-        self.optimizer.zero_grad(set_to_none=True)
         skipped = 1.0 - factor if factor is not None else torch.zeros((), device=self.device)
         self.buffer.append(self.probes.step_row(parts, grad_norm, clip_coef, skipped, tensor_norms))
-        with eager(cfg.train.compile):
+        self.probes.before_update(step, self.optimizer)
+        self.optimizer.step(factor)
+        with eager(cfg.train.compile):  # the probes read the gradients too: zero them after
             self.probes.after_step(step, parts, hidden, self.optimizer, self.model, batch.input_ids,
                                    self.doc_ids(batch))
+        self.optimizer.zero_grad(set_to_none=True)
         self.tokens_seen += batch.input_ids.numel()
         self.masked += batch.n_masked  # host-side count from the loader: no sync
 

@@ -1,8 +1,10 @@
 """Which declared metrics a hook can fill from a loop it does not own.
 
 A foreign loop hands the hook its loss, its gradients, its optimizer and (through forward
-hooks) the blocks' outputs, but not its logits: the z-loss, log Z and logit statistics and
-skip-step stay our trainer's. The same declarations (names, cadences, compute functions) as
+hooks) the blocks' and sublayers' outputs, but not its logits: the z-loss, log Z and logit
+statistics and skip-step stay our trainer's, and so do the update/gradient cosine and g^2 / v_hat,
+which need the gradients on both sides of the optimizer step (a host such as the HF Trainer zeroes
+them before its step-end callback). The same declarations (names, cadences, compute functions) as
 the trainer's, just fewer of them; the attention row only where the layer map gives q and k.
 """
 
@@ -14,7 +16,7 @@ from stability.probes.registry import Cadence, Metric, Registry
 STEP = (M.TRAIN_LOSS, M.GRAD_NORM, M.GRAD_CLIP_COEF, M.GRAD_NORM_EMBED, M.GRAD_NORM_LM_HEAD)
 PROBE = (M.GRAD_RMS, M.GRAD_NORM_ATTN, M.GRAD_NORM_MLP, M.GRAD_NORM_NORMS, M.GRAD_RMS_EMBED,
          M.GRAD_RMS_LM_HEAD, M.PARAM_NORM, M.PARAM_NORM_EMBED, M.UPDATE_RMS, M.OPTIM_EPS_REGIME,
-         M.ACT_RMS)
+         M.ACT_RMS, M.ACT_ATTN_OUT_RMS, M.ACT_MLP_OUT_RMS)
 OPTIMIZER = (M.PARAM_NORM, M.PARAM_NORM_EMBED, M.UPDATE_RMS, M.OPTIM_EPS_REGIME)  # need Adam state
 
 

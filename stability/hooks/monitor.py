@@ -121,6 +121,7 @@ class StabilityMonitor:
         self.blocks = BlockOutputs(self.layer_map.blocks_of(model))
         self.inputs = InputIds(model) if self.probes.attn_spec.fields else None
         self.blocks.armed = self.probes.is_probe_step(self.step)
+        self.probes.arm(self.step)
         self._zero = torch.zeros((), device=device)
         items = []
         if options.tracking:
@@ -203,6 +204,7 @@ class StabilityMonitor:
     def _advance(self) -> None:
         self.step += 1
         self.blocks.armed = self.probes.is_probe_step(self.step)
+        self.probes.arm(self.step)
 
     def read_out(self, regular: bool = True) -> ReadOutEvent | None:
         """Copy the rows since the last read-out to the host (one transfer) and hand them on."""
@@ -233,7 +235,7 @@ class StabilityMonitor:
         if self.diverged_at is None:
             self.read_out(regular=True)
         self.closed = True
-        for capture in (self.grads, self.blocks, self.loss, self.inputs):
+        for capture in (self.grads, self.blocks, self.loss, self.inputs, self.probes):
             if capture is not None:
                 capture.close()
         if self.diverged_at is not None and status == store.FINISHED:

@@ -23,7 +23,13 @@ from stability.loss import LossParts
 from stability.probes.layer_map import PARTS, LayerMap
 from stability.probes.layout import ParamLayout
 from stability.probes.registry import Metric, Registry, Shape
-from stability.probes.stats import act_rms, attention_stats, grad_stats, param_update_stats
+from stability.probes.stats import (
+    act_rms,
+    attention_stats,
+    grad_stats,
+    mean_square_rms,
+    param_update_stats,
+)
 
 
 @dataclass(frozen=True)
@@ -40,8 +46,9 @@ class ProbeSetup:
 @dataclass
 class ProbeInputs:
     """One step as the probes see it. The step row has the loss parts and clipping results; the
-    probe and attention rows, after the optimizer step, also the optimizer, the residual stream
-    and the batch (`after_step`)."""
+    probe and attention rows, after the optimizer step, also the optimizer, the residual stream,
+    the sublayer outputs and the batch (`after_step`), and what had to be read before the step
+    changed the optimizer state (`v_ratio`)."""
 
     setup: ProbeSetup
     parts: LossParts
@@ -54,13 +61,17 @@ class ProbeInputs:
     model: nn.Module | None = None
     input_ids: torch.Tensor | None = None
     doc_ids: torch.Tensor | None = None
+    v_ratio: torch.Tensor | None = None  # [L], before the optimizer step (`grad_v_ratio_max`)
+    sublayers: dict[str, list[torch.Tensor]] | None = None  # mean squares per kind and layer
 
     def after_step(self, parts: LossParts, optimizer: torch.optim.Optimizer,
                    hidden: list[torch.Tensor] | None, model: nn.Module, input_ids: torch.Tensor,
-                   doc_ids: torch.Tensor | None) -> ProbeInputs:
+                   doc_ids: torch.Tensor | None,
+                   sublayers: dict[str, list[torch.Tensor]] | None = None) -> ProbeInputs:
         """The same step after the optimizer step (the statistics already computed are kept)."""
         self.parts, self.optimizer, self.hidden = parts, optimizer, hidden
         self.model, self.input_ids, self.doc_ids = model, input_ids, doc_ids
+        self.sublayers = sublayers
         return self
 
     @cached_property
@@ -80,6 +91,19 @@ class ProbeInputs:
             raise ValueError("activation statistics need the residual stream: probe cadence")
         dp = self.setup.dp
         return act_rms(self.hidden, dp.mean_ if dp else None)
+
+    def sublayer_rms(self, kind: str) -> torch.Tensor:
+        """RMS of every block's `kind` ("attn" or "mlp") output on this step's forward, [L]."""
+        if self.sublayers is None:
+            raise ValueError("sublayer statistics need the armed forward's outputs: probe cadence")
+        dp = self.setup.dp
+        return mean_square_rms(self.sublayers[kind], dp.mean_ if dp else None)
+
+    def grad_v_ratio(self) -> torch.Tensor:
+        if self.v_ratio is None:
+            raise ValueError("g^2 / v_hat is read before the optimizer step (ProbeSession."
+                             "before_update)")
+        return self.v_ratio
 
     @cached_property
     def attention(self) -> dict[str, torch.Tensor]:
@@ -122,6 +146,10 @@ TABLE: dict[str | tuple[str, Shape], Compute] = {
     M.UPDATE_RMS: lambda x: x.params["update_rms"],
     M.OPTIM_EPS_REGIME: lambda x: x.params["eps_regime"],
     M.ACT_RMS: lambda x: x.act_rms,
+    M.UPDATE_GRAD_COS: lambda x: x.params["update_grad_cos"],
+    M.GRAD_V_RATIO_MAX: lambda x: x.grad_v_ratio(),
+    M.ACT_ATTN_OUT_RMS: lambda x: x.sublayer_rms("attn"),
+    M.ACT_MLP_OUT_RMS: lambda x: x.sublayer_rms("mlp"),
     M.GRAD_RMS_EMBED: lambda x: x.grads["embed_rms"],
     M.GRAD_RMS_LM_HEAD: lambda x: x.grads["head_rms"],
     M.PARAM_NORM_EMBED: lambda x: x.params["embed_param_norm"],

@@ -60,6 +60,9 @@ class LayerMap:
     def attn_of(self, block: nn.Module) -> nn.Module:
         return block.get_submodule(self.attn)
 
+    def mlp_of(self, block: nn.Module) -> nn.Module:
+        return block.get_submodule(self.mlp)
+
     def heads_of(self, model: nn.Module) -> int:
         return int(operator.attrgetter(self.n_heads)(model))
 

@@ -21,6 +21,8 @@ from stability.probes.layer_map import LayerMap, layer_map_for
 from stability.probes.layout import param_layout
 from stability.probes.recorder import ProbeSpec
 from stability.probes.registry import Cadence, Dims, Metric, Registry, Shape
+from stability.probes.stats import grad_v_ratio_max
+from stability.probes.sublayers import SublayerOutputs
 from stability.spike_monitor import SpikeMonitor
 from stability.spikes import SpikeEvent
 
@@ -66,6 +68,10 @@ class ProbeSession:
         # each row's (metric, compute) pairs in row order, looked up once
         self._plans = {spec: [(f.metric, computes[f.metric]) for f in spec.fields] for spec in specs}
         self.monitor = SpikeMonitor(cfg) if cfg.enabled and cfg.spikes else None
+        probe_keys = {f.metric.key for f in self.probe_spec.fields}
+        self.sublayers = (SublayerOutputs(model, self.layer_map) if cfg.enabled and probe_keys &
+                          {M.ACT_ATTN_OUT_RMS, M.ACT_MLP_OUT_RMS} else None)
+        self._reads_v_ratio = M.GRAD_V_RATIO_MAX in probe_keys
         self._inputs: ProbeInputs | None = None  # this step's, from step_row to after_step
         self._probe_rows: list[tuple[int, torch.Tensor]] = []
         self._attn_rows: list[tuple[int, torch.Tensor]] = []
@@ -80,6 +86,21 @@ class ProbeSession:
 
     def is_attn_step(self, step: int) -> bool:
         return self.cfg.enabled and step % self.cfg.attn_every == 0
+
+    def arm(self, step: int) -> None:
+        """Before `step`'s forward: record the sublayer outputs if it is a probe step."""
+        if self.sublayers is not None:
+            self.sublayers.armed = self.is_probe_step(step)
+
+    def before_update(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """After `step_row` and clipping, before the optimizer step: what the step will change
+        (the second moments the g^2 / v_hat ratio is judged against)."""
+        if self._inputs is None:
+            raise RuntimeError("before_update before step_row")
+        if self._reads_v_ratio and self.is_probe_step(step):
+            dp = self.dp
+            self._inputs.v_ratio = grad_v_ratio_max(self.layout, optimizer, self._inputs.clip_coef,
+                                                    dp.max_ if dp else None)
 
     def row(self, spec: ProbeSpec, inputs: ProbeInputs) -> torch.Tensor:
         """The device row of `spec` for one step: each metric's compute, checked by name and shape.
@@ -103,8 +124,10 @@ class ProbeSession:
         inputs, self._inputs = self._inputs, None  # holds the step's activations: let them go
         if inputs is None:
             raise RuntimeError("after_step before step_row")
-        inputs.after_step(parts, optimizer, hidden, model, input_ids, doc_ids)
-        if self.is_probe_step(step) and hidden is not None:
+        sublayers = self.sublayers.take() if self.sublayers is not None else None
+        inputs.after_step(parts, optimizer, hidden, model, input_ids, doc_ids, sublayers)
+        if self.is_probe_step(step) and hidden is not None and (
+                sublayers is not None or self.sublayers is None):
             self._probe_rows.append((step, self.row(self.probe_spec, inputs)))
         if self.is_attn_step(step):
             self._attn_rows.append((step, self.row(self.attn_spec, inputs)))
@@ -153,6 +176,11 @@ class ProbeSession:
                     self.monitor.observe_attention(max(
                         summary[M.layer_key(M.ATTN_LOGIT_MAX, i)] for i in self.layers))
         return out
+
+    def close(self) -> None:
+        """Remove the hooks this session put on the model (a host's model outlives a monitor)."""
+        if self.sublayers is not None:
+            self.sublayers.close()
 
     def state_dict(self) -> dict[str, Any] | None:
         return self.monitor.state_dict() if self.monitor is not None else None

@@ -32,8 +32,23 @@ OVERRIDES = ("train.steps=30", "train.log_every=5", "train.eval_every=15", "trai
 WALL_CLOCK = ("train/tokens_per_s", "train/mfu")  # timings: not part of the trajectory
 
 
+def cpu_model() -> str:
+    """The CPU's model name: machines with the same vector extensions (AVX512 on Intel and AMD)
+    still round matrix products differently."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform as host
+
+    return host.processor() or host.machine()
+
+
 def platform() -> dict[str, str]:
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
+            "cpu_model": cpu_model()}
 
 
 def run_metrics(workdir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -29,14 +29,16 @@ ROOT = Path(__file__).resolve().parents[2]
 L, H = 4, 4
 DIMS = Dims(L, H, tuple(range(L)))
 
-# The rows as the trainer laid them out by hand before the registry (5c0190e): key, size.
+# The rows as the trainer laid them out by hand before the registry (5c0190e), with the
+# precursor signals declared since appended to the probe row's per-layer block: key, size.
 HAND_WRITTEN = {
     Cadence.STEP: [*((k, 1) for k in M.STEP_SERIES), (M.LOGITS_LOG_Z_MEAN, 1),
                    (M.LOGITS_LOG_Z_MAX, 1), (M.GRAD_NORM_EMBED, 1), (M.GRAD_NORM_LM_HEAD, 1),
                    (M.GRAD_NORM, L)],
     Cadence.PROBE: [*((k, L) for k in (M.GRAD_RMS, M.GRAD_NORM_ATTN, M.GRAD_NORM_MLP,
                                        M.GRAD_NORM_NORMS, M.PARAM_NORM, M.UPDATE_RMS,
-                                       M.OPTIM_EPS_REGIME, M.ACT_RMS)),
+                                       M.OPTIM_EPS_REGIME, M.ACT_RMS, M.UPDATE_GRAD_COS,
+                                       M.GRAD_V_RATIO_MAX, M.ACT_ATTN_OUT_RMS, M.ACT_MLP_OUT_RMS)),
                     *((k, 1) for k in (M.GRAD_RMS_EMBED, M.GRAD_RMS_LM_HEAD, M.PARAM_NORM_EMBED,
                                        M.LOGITS_MAX_ABS, M.LOGITS_MEAN))],
     Cadence.ATTN: [(k, L * H) for k in (M.ATTN_LOGIT_MAX, M.ATTN_ENTROPY_MEAN, M.ATTN_ENTROPY_MIN,
@@ -185,14 +187,16 @@ def _one_step(model, session: ProbeSession, step: int = 0):
     """One training step of `model` as the trainer drives the session; returns the read-out."""
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, model.cfg.vocab_size, (2, 16), generator=gen)
+    session.arm(step)
     out, hidden = model.features(ids, return_hidden=True)
     parts = fused_lm_loss(out, model.lm_head.weight, ids.roll(-1, 1), 1e-4, stats=True)
     parts.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     grad_norm, clip_coef, norms = clip_grad_norm_(session.params, 1.0)
     opt = AdamW(param_groups(model, OptimConfig()), lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
-    opt.step()
     row = session.step_row(parts, grad_norm, clip_coef, torch.zeros(()), norms)
+    session.before_update(step, opt)
+    opt.step()
     session.after_step(step, parts, hidden, opt, model, ids, None)
     return session.read_out(row[None], step), grads
 
