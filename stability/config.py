@@ -99,10 +99,12 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0: torch's default
     compile: bool = False  # torch.compile each block (after FSDP sharding); probes stay eager
     activation_checkpointing: bool = False  # recompute each block in backward (less memory)
+    on_spike: str = "log"  # log: record loss spikes; rewind: go back and skip data ([rewind])
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "device": ("auto", "cpu", "cuda"),
         "precision": ("auto", "fp32", "bf16"),
+        "on_spike": ("log", "rewind"),
     }
 
     def validate(self, section: str = "train") -> None:
@@ -141,6 +143,23 @@ class ProbesConfig:
 
 
 @dataclass
+class RewindConfig:
+    """`train.on_spike = "rewind"`: on a loss spike (any rule) or a non-finite loss, go back to an
+    in-memory snapshot at least `before` steps earlier, skip `skip_batches` batches of data and
+    go on, at most `max_rewinds` times (PaLM restarted ~100 steps before a spike and skipped
+    200-500 batches). Snapshots are taken every `every` steps (0: every `train.log_every`)."""
+
+    before: int = 20
+    skip_batches: int = 20
+    max_rewinds: int = 3
+    every: int = 0
+
+    def validate(self, section: str = "rewind") -> None:
+        _positive(section, self, "before", "max_rewinds")
+        _non_negative(section, self, "skip_batches", "every")
+
+
+@dataclass
 class TrackingConfig:
     """Where runs are logged (--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
 
@@ -170,6 +189,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
+    rewind: RewindConfig = field(default_factory=RewindConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     preset: str = ""  # the named preset this config started from ("" = none)
 
@@ -194,6 +214,13 @@ class RunConfig:
                               f"0..{self.model.n_layers - 1}")
         if self.train.device == "cpu":
             check_attention(self.model.attention, "cpu")
+        if self.train.on_spike == "rewind":
+            if not (self.probes.enabled and self.probes.spikes):
+                raise ConfigError("train.on_spike: 'rewind' needs the spike detectors "
+                                  "(probes.enabled = true and probes.spikes = true)")
+            if self.rewind.every % self.train.log_every:
+                raise ConfigError(f"rewind.every: must be 0 or a multiple of train.log_every "
+                                  f"({self.train.log_every}), got {self.rewind.every}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -147,6 +147,8 @@ SPIKE_ONLINE_GRAD_NORM = _declare("spike/online_grad_norm", Cadence.READ_OUT,
                                   what="per-series rule on the grad norm, as `spike/online_loss`")
 SPIKE_COUNT = _declare("spike/count", Cadence.READ_OUT,
                        what="spike events so far, all series and rules (`spikes.csv`)")
+TRAIN_REWINDS = _declare("train/rewinds", Cadence.READ_OUT,
+                         what="rewinds so far (`train.on_spike = \"rewind\"`, `rewinds.csv`)")
 
 # ---- evaluation and init (host side)
 EVAL_LOSS = _declare("eval/loss", Cadence.EVAL, what="held-out cross-entropy")

@@ -127,7 +127,8 @@ class SpikeMonitor:
         for (_, detector, _), s in zip(self.detectors, state["detectors"]):
             detector.load_state_dict(s)
         self.olmo_core.load_state_dict(state["olmo_core"])
-        self.layer_norms.extend(state["layer_norms"])
-        self.log_z.extend(state["log_z"])
-        self.attn_max.extend(state["attn_max"])
+        for live, saved in ((self.layer_norms, state["layer_norms"]), (self.log_z, state["log_z"]),
+                            (self.attn_max, state["attn_max"])):
+            live.clear()  # replaced, not extended: a rewind loads into a monitor in use
+            live.extend(saved)
         self.events = [SpikeEvent(**e) for e in state["events"]]

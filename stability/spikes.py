@@ -79,6 +79,7 @@ class SpikeEvent:
     leading_sigma: float | None = None
     attn_logit_rising: bool | None = None
     log_z_rising: bool | None = None
+    action: str = ""  # "rewind": training went back from this spike (`train.on_spike`)
 
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(SpikeEvent))
@@ -419,5 +420,6 @@ def events_to_frame(events: list[SpikeEvent]) -> pd.DataFrame:
     frame = pd.DataFrame([asdict(e) for e in events], columns=list(EVENT_COLUMNS))
     dtypes = {"step": "int64", "series": "object", "value": "float64", "sigma": "float64",
               "mean": "float64", "std": "float64", "leading_layer": "Int64", "leading_sigma": "float64",
-              "attn_logit_rising": "boolean", "log_z_rising": "boolean"}
+              "attn_logit_rising": "boolean", "log_z_rising": "boolean",
+              "action": "object"}
     return frame.astype(dtypes)

@@ -74,6 +74,7 @@ class Tag:
     INTERRUPTED_AT_STEP = "interrupted_at_step"
     STOP_SIGNAL = "stop_signal"
     RESUMED_AT_STEP = "resumed_at_step"
+    REWINDS = "rewinds"  # train.on_spike = "rewind": how many, at the end
     PARENT_RUN_ID = "mlflow.parentRunId"
     ROLE = "stability.role"
     # on a grid's parent run

@@ -18,6 +18,8 @@ grid's progress file) is a callback (`stability.callbacks`). One process is a wo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import re
 import sys
 import time
@@ -45,6 +47,7 @@ from stability.hardware import device_peak_flops, mfu
 from stability.loss import LossParts, fused_lm_loss
 from stability.optim import AdamW, SkipStep, clip_grad_norm_, param_groups
 from stability.probes.session import ProbeSession
+from stability.rewind import Rewind, Rewinder
 from stability.schedule import lr_at
 from stability.seeding import derive_seeds, init_generator
 from stability.stop import ALWAYS, StopRequest, handling
@@ -147,6 +150,13 @@ class Trainer:
         o = cfg.optim
         self.optimizer = AdamW(param_groups(self.model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         self.skip = SkipStep.from_config(o, self.device) if o.skip_step else None
+        self.rewinder: Rewinder | None = None
+        if cfg.train.on_spike == "rewind":
+            if self.world.world_size > 1:
+                raise ConfigError("train.on_spike: 'rewind' runs in one process only for now "
+                                  "(allowed with several ranks: log)")
+            self.rewinder = Rewinder(cfg.rewind, cfg.train.log_every)
+        self.data_offset = 0  # batch index - step: rewinds skip data
         self.buffer = StepBuffer(cfg.train.log_every, self.probes.step_spec.width, self.device)
         self.step = 0
         self.tokens_seen = 0
@@ -186,7 +196,7 @@ class Trainer:
         Data parallel: this rank's rows; loss, norms and clipping become the global batch's in
         one all-reduce (`world.step_sync`; a single process's is the identity)."""
         cfg = self.cfg
-        batch = self.data.train_batch(step, cfg.train.batch_size)
+        batch = self.data.train_batch(step + self.data_offset, cfg.train.batch_size)
         lr = lr_at(step, peak=cfg.optim.lr, total=cfg.train.steps, warmup=cfg.schedule.warmup_steps,
                    kind=cfg.schedule.kind, alpha_f=cfg.schedule.alpha_f)
         for group in self.optimizer.param_groups:
@@ -236,9 +246,11 @@ class Trainer:
             self.masked = 0
         if self.probes.monitor is not None:
             summary.update(self.probes.monitor.scores())
+        if self.rewinder is not None:
+            summary[M.TRAIN_REWINDS] = float(len(self.rewinder.rewinds))
         last = {**(found.steps[-1][1] if found.steps else {}), **summary}
         return ReadOutEvent(start + n_steps - 1, found.steps, found.probes, found.dense, summary, last,
-                            regular, found.first_bad)
+                            regular, found.first_bad, found.events)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -264,6 +276,8 @@ class Trainer:
                if weights else {}),
             "skip_step": self.skip.state_dict() if self.skip else None,
             "spikes": self.probes.state_dict(),
+            "data_offset": self.data_offset,
+            "rewinds": self.rewinder.state_dict() if self.rewinder else [],
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "run_id": self.run_id,
@@ -290,6 +304,14 @@ class Trainer:
             raise ConfigError(f"--resume: checkpoint in {self.ckpt_dir} was made with other values "
                               f"for {', '.join(changed)}")
         found.load_weights(self.model, self.optimizer)
+        self.load_progress(state)
+        if self.rewinder is not None:
+            self.rewinder.load_state_dict(state.get("rewinds", []))
+        self.run_id = state["run_id"]
+        return True
+
+    def load_progress(self, state: dict[str, Any]) -> None:
+        """Everything of a checkpoint or snapshot but the weights, the run id and the rewinds."""
         if self.skip is not None and state["skip_step"] is not None:
             self.skip.load_state_dict(state["skip_step"])
         self.probes.load_state_dict(state.get("spikes"))
@@ -297,10 +319,45 @@ class Trainer:
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step = self.buffer.start = int(state["step"])
+        self.buffer.rows = 0
         self.tokens_seen = int(state["tokens_seen"])
         self.masked = int(state.get("masked_since_read_out", 0))
-        self.run_id = state["run_id"]
-        return True
+        self.data_offset = int(state.get("data_offset", 0))
+
+    # ------------------------------------------------------------------ rewind and skip
+    def snapshot(self, commit: bool = False) -> None:
+        """Keep the state before `self.step` in the rewind ring (`commit`: as its only entry, at
+        the start and after a checkpoint, which a rewind never crosses)."""
+        if self.rewinder is None:
+            return
+        if commit:
+            self.rewinder.ring.reset(self.step, self.state())
+        elif self.rewinder.due(self.step):
+            self.rewinder.ring.push(self.step, self.state())
+
+    def rewind(self, event: ReadOutEvent) -> Rewind | None:
+        """Go back if `event` found a loss spike or a non-finite loss and rewinds are left: load
+        the snapshot, skip `rewind.skip_batches` batches, record it. None: nothing to do."""
+        assert self.rewinder is not None
+        loss_at = {step: row.get(M.TRAIN_CE_LOSS, math.nan) for step, row in event.rows}
+        found = self.rewinder.trigger(event.events, event.first_bad, loss_at)
+        if found is None:
+            return None
+        spike_step, reason, value, spikes = found
+        snap = self.rewinder.ring.target(spike_step, self.cfg.rewind.before)
+        state = snap.state
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_progress(state)
+        self.data_offset += self.cfg.rewind.skip_batches
+        self.rewinder.ring.drop_after(snap.step)
+        if self.probes.monitor is not None:  # the spikes that set it off stay on record
+            self.probes.monitor.events.extend(dataclasses.replace(e, action="rewind") for e in spikes)
+        done = self.rewinder.record(spike_step, reason, value, event.step, snap.step, self.data_offset)
+        print(f"rewind {done.rewind}/{self.cfg.rewind.max_rewinds}: {reason} at step {spike_step}; "
+              f"back to step {snap.step}, skipping {done.skipped_batches} batches", file=sys.stderr)
+        self.callbacks.call("on_rewind", self, done)
+        return done
 
     @property
     def cell(self) -> str:
@@ -341,6 +398,7 @@ class Trainer:
     def _loop(self, cfg) -> tuple[str, int | None]:
         """Steps to the end, a divergence or a stop: (status, diverged_at_step)."""
         self.model.train()
+        self.snapshot(commit=True)
         t0 = time.perf_counter()
         while self.step < cfg.steps:
             self.train_step(self.step)
@@ -352,6 +410,9 @@ class Trainer:
             if not (regular or stopping):
                 continue
             event = self.read_out(time.perf_counter() - t0, regular)
+            if self.rewinder is not None and not stopping and self.rewind(event) is not None:
+                t0 = time.perf_counter()
+                continue
             if event.first_bad is None:
                 self.last = event.last
             self.callbacks.call("on_read_out", self, event)
@@ -361,6 +422,8 @@ class Trainer:
                 self.save()
             if stopping:
                 return store.INTERRUPTED, None
+            if self.step < cfg.steps:
+                self.snapshot(commit=bool(at_ckpt))
             t0 = time.perf_counter()  # tokens/s counts training steps only
         self.save()
         return store.FINISHED, None

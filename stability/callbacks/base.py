@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from stability.rewind import Rewind
+    from stability.spikes import SpikeEvent
     from stability.trainer import RunResult, Trainer
 
 
@@ -20,7 +22,8 @@ class ReadOutEvent:
     per-read-out series (tokens/s, tokens, lr, masked tokens, spike scores) at `step`, logged only
     on a regular read-out without divergence; `last`: the last row's values plus the summary (for
     displays); `regular`: on the `log_every` grid (False: a stop between read-outs);
-    `first_bad`: the first step with a non-finite loss or grad norm, or None.
+    `first_bad`: the first step with a non-finite loss or grad norm, or None; `events`: the spike
+    events found in these steps.
     """
 
     step: int
@@ -31,6 +34,7 @@ class ReadOutEvent:
     last: dict[str, float] = field(default_factory=dict)
     regular: bool = True
     first_bad: int | None = None
+    events: list[SpikeEvent] = field(default_factory=list)  # spike events it found
 
     @property
     def clean(self) -> bool:
@@ -55,6 +59,10 @@ class Callback:
 
     def on_checkpoint(self, trainer: Trainer, step: int) -> None:
         """A checkpoint of `step` is about to be written: flush what it should see."""
+
+    def on_rewind(self, trainer: Trainer, rewind: Rewind) -> None:
+        """Training went back to `rewind.to_step` (`train.on_spike = "rewind"`): the steps from
+        there on will run again."""
 
     def on_train_end(self, trainer: Trainer, result: RunResult) -> None:
         """The run ended with a result: finished, diverged or interrupted."""
@@ -93,8 +101,15 @@ class Callbacks:
             getattr(cb, event)(*args)
 
     def find(self, kind: type) -> Any | None:
-        """The first callback of type `kind`, if any."""
-        return next((cb for cb in self.items if isinstance(cb, kind)), None)
+        """The first callback of type `kind`, if any (also inside a wrapper's `inner` list)."""
+        for cb in self.items:
+            if isinstance(cb, kind):
+                return cb
+            inner = getattr(cb, "inner", None)
+            found = inner.find(kind) if isinstance(inner, Callbacks) else None
+            if found is not None:
+                return found
+        return None
 
 
 class OnReadOut(Callback):

@@ -9,6 +9,7 @@ from stability import metric_names as M
 from stability.callbacks.base import Callback, ReadOutEvent
 
 if TYPE_CHECKING:
+    from stability.rewind import Rewind
     from stability.trainer import RunResult, Trainer
 
 
@@ -32,7 +33,13 @@ class ProgressBarCallback(Callback):
         self.bar.set_postfix(loss=f"{last[M.TRAIN_LOSS]:.3f}", gnorm=f"{last[M.GRAD_NORM]:.2f}",
                              tok_s=f"{last[M.TRAIN_TOKENS_PER_S]:.0f}",
                              **({"mfu": f"{last[M.TRAIN_MFU]:.1%}"} if M.TRAIN_MFU in last else {}),
-                             spikes=int(last.get(M.SPIKE_COUNT, 0)))
+                             spikes=int(last.get(M.SPIKE_COUNT, 0)),
+                             **({"rewinds": int(last[M.TRAIN_REWINDS])} if M.TRAIN_REWINDS in last
+                                else {}))
+
+    def on_rewind(self, trainer: Trainer, rewind: Rewind) -> None:
+        self.bar.n = trainer.step  # the steps from here run again
+        self.bar.refresh()
 
     def on_train_end(self, trainer: Trainer, result: RunResult) -> None:
         self.close()

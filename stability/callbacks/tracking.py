@@ -95,6 +95,9 @@ class TrackingCallback(Callback):
             tags = {Tag.DIVERGED_AT_STEP: result.diverged_at_step}
         if result.stop_signal:
             tags = {Tag.INTERRUPTED_AT_STEP: result.steps, Tag.STOP_SIGNAL: result.stop_signal}
+        rewinder = getattr(trainer, "rewinder", None)  # a hook's monitor has none
+        if rewinder is not None:
+            tags[Tag.REWINDS] = len(rewinder.rewinds)
         self._finish(result.status, tags)
 
     def on_error(self, trainer: Trainer, status: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from model.config import ConfigError
@@ -38,6 +38,9 @@ class DataConfig:
     inject_repeats: float = 0.0  # share of training sequences given an inserted repeated span
     inject_repeat_count: int = 32  # repeats in an injected span (>= ngram_min_repeats is caught)
     inject_span_share: float = 0.5  # the most of a row an injected span covers (n-grams that fit)
+    # batch indices whose tokens are replaced by uniform random ones, a corrupted shard: a loss
+    # spike that data causes, for comparing spike responses (skip-step, rewind-and-skip)
+    bad_batches: list[int] = field(default_factory=list)
     cache_dir: str = ""  # tokenizer/token cache; "": $STABILITY_CACHE or ~/.cache/olmo-stability
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -74,6 +77,8 @@ class DataConfig:
             raise ConfigError(
                 f"{section}.inject_repeats: must be in [0, 1], got {self.inject_repeats}"
             )
+        if any(not isinstance(i, int) or i < 0 for i in self.bad_batches):
+            raise ConfigError(f"{section}.bad_batches: need batch indices >= 0, got {self.bad_batches}")
         if not 0.0 < self.inject_span_share <= 1.0:
             raise ConfigError(
                 f"{section}.inject_span_share: must be in (0, 1], got {self.inject_span_share}"

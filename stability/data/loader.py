@@ -24,6 +24,7 @@ from .tokenizer import Tokenized, tokenizer_and_tokens, user_tokens
 
 IGNORE_INDEX = -100
 _INJECT_TAG = 0x1A7  # separates the injection RNG stream from the epoch permutations
+_BAD_TAG = 0xBAD  # ...and the corrupted batches' tokens
 
 
 @dataclass
@@ -94,6 +95,9 @@ class PackedData:
                 tokens, self.cfg.inject_repeats, self.cfg.inject_repeat_count, rng,
                 self.cfg.ngram_max_n, self.cfg.inject_span_share,
             )
+        if step in self.cfg.bad_batches:  # a corrupted shard: every token uniform at random
+            rng = np.random.default_rng([self.seed, step, _BAD_TAG])
+            tokens = rng.integers(0, self.vocab_used, size=tokens.shape).astype(tokens.dtype)
         return self._make_batch(tokens, np.asarray(self.train_doc_ids[rows]))
 
     def val_batches(self, batch_size: int, max_batches: int = 0) -> list[Batch]:

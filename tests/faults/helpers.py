@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # Every training subprocess: the tiny preset on one thread (2 threads on a busy 2-core machine are
 # several times slower), a small corpus prefix (one tokenizer, cached for the whole session).
 TINY = ("--preset", "olmo2-tiny", "--set", "train.threads=1", "--set", "data.max_bytes=300000")
+# Where the kills land: random on every run of the suite, reproducible with STABILITY_FAULT_SEED.
+SEED = int(os.environ.get("STABILITY_FAULT_SEED", time.time_ns() % 2**31))
+WALL_CLOCK = {"train/tokens_per_s"}  # a timing, not part of the trajectory
 
 
 def env() -> dict[str, str]:
@@ -158,6 +161,16 @@ def assert_each_step_once(hist: dict[str, list[tuple[int, float]]], steps: int) 
 
 
 # ------------------------------------------------------------------------------------- states
+def final_state(cwd: Path, steps: int) -> dict:
+    """The final checkpoint, less what is per process: the run id, and torch's global RNG state,
+    which each process seeds at random and training never draws from (the data order and the
+    init have their own seeded generators), so a resumed process ends with its own."""
+    state = torch.load(cwd / "runs" / "r" / f"step_{steps:08d}.pt", weights_only=True)
+    for key in ("run_id", "rng_cpu", "rng_cuda"):
+        state.pop(key)
+    return state
+
+
 def assert_same(a: Any, b: Any, where: str = "state") -> None:
     """Bitwise equality of nested checkpoint states (tensors, dicts, lists, numbers)."""
     if isinstance(a, torch.Tensor):

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -26,12 +24,15 @@ from stability.checkpoint import (
     verify,
 )
 from tests.faults.helpers import (
+    SEED,
     TINY,
+    WALL_CLOCK,
     TrainProcess,
     assert_each_step_once,
     assert_same,
     cli,
     error_lines,
+    final_state,
     histories,
     only_run,
 )
@@ -41,9 +42,6 @@ ARGS = (*TINY, "--run-name", "r", "--set", f"train.steps={STEPS}",
         "--set", f"train.checkpoint_every={CKPT}", "--set", f"train.log_every={LOG}",
         "--set", "train.eval_every=20", "--set", "optim.skip_step=true",
         "--set", "optim.skip_step_window=8")
-# Where the kills land: random on every run of the suite, reproducible with STABILITY_FAULT_SEED.
-SEED = int(os.environ.get("STABILITY_FAULT_SEED", time.time_ns() % 2**31))
-WALL_CLOCK = {"train/tokens_per_s"}  # a timing, not part of the trajectory
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +64,6 @@ def runs(tmp_path_factory):
     return root, targets, killed
 
 
-def _final_state(cwd: Path) -> dict:
-    """The final checkpoint, less what is per process: the run id, and torch's global RNG state,
-    which each process seeds at random and training never draws from (the data order and the
-    init have their own seeded generators), so a resumed process ends with its own."""
-    state = torch.load(cwd / "runs" / "r" / f"step_{STEPS:08d}.pt", weights_only=True)
-    for key in ("run_id", "rng_cpu", "rng_cuda"):
-        state.pop(key)
-    return state
-
-
 def _assert_latest_is_whole(ckpt_dir: Path) -> None:
     """latest.json parses and names a checkpoint that exists and verifies (never half-written)."""
     latest = json.loads((ckpt_dir / "latest.json").read_text())
@@ -83,7 +71,7 @@ def _assert_latest_is_whole(ckpt_dir: Path) -> None:
 
 
 def _assert_equals_reference(root: Path, name: str, resumed_at: int, context: str) -> None:
-    assert_same(_final_state(root / "ref"), _final_state(root / name), f"{name} state")
+    assert_same(final_state(root / "ref", STEPS), final_state(root / name, STEPS), f"{name} state")
     ref = histories(*only_run(f"sqlite:///{root / 'ref'}/mlflow.db"))
     client, run = only_run(f"sqlite:///{root / name}/mlflow.db")
     got = histories(client, run)

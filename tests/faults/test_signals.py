@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from stability.checkpoint import list_checkpoints, verify
 from tests.faults.helpers import (
@@ -23,6 +22,7 @@ from tests.faults.helpers import (
     assert_same,
     cli,
     error_lines,
+    final_state,
     histories,
     only_run,
 )
@@ -49,14 +49,6 @@ def stopped(tmp_path_factory):
     for p in procs.values():
         p.wait()
     return root, procs, shown
-
-
-def _final_state(cwd: Path) -> dict:
-    """The final checkpoint less what is per process (see test_kill_resume._final_state)."""
-    state = torch.load(cwd / "runs" / "r" / f"step_{STEPS:08d}.pt", weights_only=True)
-    for key in ("run_id", "rng_cpu", "rng_cuda"):
-        state.pop(key)
-    return state
 
 
 @pytest.mark.parametrize("name", list(SIGNALS))
@@ -87,7 +79,7 @@ def test_resume_after_a_stop_is_the_uninterrupted_run_in_the_same_mlflow_run(sto
     done = cli("train", *ARGS, "--resume", "--no-progress", cwd=root / name)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"status: finished after {STEPS} steps" in done.stdout
-    assert_same(_final_state(root / "ref"), _final_state(root / name), f"{name} state")
+    assert_same(final_state(root / "ref", STEPS), final_state(root / name, STEPS), f"{name} state")
     ref = histories(*only_run(f"sqlite:///{root / 'ref'}/mlflow.db"))
     client, run = only_run(f"sqlite:///{root / name}/mlflow.db")  # still one run
     assert run.info.run_id == before.info.run_id

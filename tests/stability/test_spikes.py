@@ -244,7 +244,7 @@ def test_events_to_frame():
                     attn_logit_rising=True, log_z_rising=False)
     frame = events_to_frame([ev, SpikeEvent(9, "grad/norm", math.nan, math.nan, 1.0, 0.2)])
     assert list(frame.columns) == ["step", "series", "value", "sigma", "mean", "std", "leading_layer",
-                                   "leading_sigma", "attn_logit_rising", "log_z_rising"]
+                                   "leading_sigma", "attn_logit_rising", "log_z_rising", "action"]
     assert frame.loc[0, "leading_layer"] == 2 and pd.isna(frame.loc[1, "leading_layer"])
     assert frame.loc[0, "attn_logit_rising"] and pd.isna(frame.loc[1, "log_z_rising"])
     assert "step,series" in frame.to_csv(index=False)
