@@ -103,6 +103,8 @@ def _read_spikes(path: Path, run_id: str) -> pd.DataFrame | None:
             out[col] = pd.to_numeric(out[col], errors="coerce").astype(dtype)
         else:
             out[col] = out[col].astype(object)
+    if "action" in out.columns:  # "" (no action) reads back from CSV as NaN; older files lack it
+        out["action"] = out["action"].where(out["action"].notna(), "").astype(object)
     return out
 
 
