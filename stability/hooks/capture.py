@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from stability.probes.sublayers import tensor_of
+
 
 class GradNorms:
     """Per-tensor L2 norms of `params`' gradients for one optimizer step ([P] on device)."""
@@ -70,14 +72,6 @@ class GradNorms:
         self._handles.clear()
 
 
-def _tensor_of(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    return None
-
-
 class BlockOutputs:
     """The residual stream after each block on an armed forward (the last one of a step)."""
 
@@ -89,7 +83,7 @@ class BlockOutputs:
     def _hook(self, i: int):
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if self.armed:
-                t = _tensor_of(output)
+                t = tensor_of(output)
                 self._out[i] = None if t is None else t.detach()
         return hook
 

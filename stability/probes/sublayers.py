@@ -19,7 +19,7 @@ from stability.probes.layer_map import LayerMap
 SUBLAYERS = ("attn", "mlp")
 
 
-def _tensor_of(output: Any) -> torch.Tensor | None:
+def tensor_of(output: Any) -> torch.Tensor | None:
     """A module's output tensor: the tensor itself or the first item of a tuple (HF attention
     modules return `(attn_output, attn_weights)`)."""
     if isinstance(output, torch.Tensor):
@@ -47,7 +47,7 @@ class SublayerOutputs:
     def _hook(self, kind: str, i: int):
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if self.armed:
-                t = _tensor_of(output)
+                t = tensor_of(output)
                 if t is not None:
                     self._sq[kind][i] = t.detach().float().square().mean()
         return hook
