@@ -6,8 +6,9 @@
   artifact become `prefix/layer_i` keys (max over heads) where MLflow has no such key, so the
   per-layer views work for whichever of the two a run wrote.
 - `merge_events`: one spike event per (run, step), listing every rule that fired there (spikes.csv
-  has a row per rule and series) with its sigma, the leading layer and whether the attention
-  logits or log Z were rising before it.
+  has a row per rule and series) with its sigma, the leading layer, whether the attention
+  logits or log Z were rising before it and, for a loss spike, its precursors: the signals that
+  left their range before it, with layer and lead (`event_precursors`, from `reports.leadlag`).
 - `overview`: the JSON the page starts from: runs (identity, status, summaries, params), groups
   (an arm at one learning rate, the seeds of which make a band), the metric catalogue in the
   order of `stability.metric_names`, the events, and the paired differences against the baseline
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from reports import frames as F
+from reports import leadlag as LL
 from stability import metric_names as M
 
 LAYER_RE = re.compile(r"^(.+)/layer_(\d+)$")
@@ -181,8 +183,34 @@ def _any_true(values: pd.Series) -> bool | None:
     return any(known) if known else None
 
 
-def merge_events(spikes: pd.DataFrame, run_order: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """One event per (run, step), in run order then step, each listing the rules that fired."""
+Precursors = dict[tuple[str, int], list[dict[str, Any]]]  # (run, step) -> what came before it
+
+
+def event_precursors(lead: LL.LeadLag) -> Precursors:
+    """{(run, step): precursors} of every analysed loss spike: the signals that left their range
+    before it (lead > 0), earliest first, each {signal, name, layer (None: the whole-model series
+    led), lead, sigma, cadence}; [] when none did."""
+    out: Precursors = {}
+    analysed = lead.spikes[lead.spikes["status"] == LL.ANALYSED]
+    for rid, step in zip(analysed[F.RUN_ID], analysed["step"]):
+        out[(str(rid), int(step))] = []
+    rows = lead.signals[lead.signals["lead"] > 0] if len(lead.signals) else lead.signals
+    rows = rows.sort_values([F.RUN_ID, "spike", "lead", "sigma"], ascending=[True, True, False, False],
+                            kind="stable")
+    for r in rows.to_dict("records"):
+        out.setdefault((str(r[F.RUN_ID]), int(r["spike"])), []).append({
+            "signal": r["signal"], "name": LL.name_of(r["signal"]), "layer": jsonable(r["layer"]),
+            "lead": jsonable(r["lead"]), "sigma": jsonable(r["sigma"], keep_inf=True),
+            "cadence": jsonable(r["cadence"])})
+    return out
+
+
+def merge_events(spikes: pd.DataFrame, run_order: Iterable[str] = (),
+                 precursors: Precursors | None = None) -> list[dict[str, Any]]:
+    """One event per (run, step), in run order then step, each listing the rules that fired,
+    whether training rewound from it (`rewound`: the spikes.csv action "rewind") and, from
+    `precursors` ({(run, step): list}, `event_precursors`), what came before it (None: not an
+    analysed loss spike)."""
     if spikes is None or not len(spikes):
         return []
     order = {rid: i for i, rid in enumerate(run_order)}
@@ -206,6 +234,8 @@ def merge_events(spikes: pd.DataFrame, run_order: Iterable[str] = ()) -> list[di
             "leading_sigma": jsonable(lead["leading_sigma"]),
             "attn_logit_rising": _any_true(g["attn_logit_rising"]),
             "log_z_rising": _any_true(g["log_z_rising"]),
+            "precursors": (precursors or {}).get((rid, int(step))),
+            "rewound": bool("action" in g and (g["action"].astype(str) == "rewind").any()),
         })
     return events
 
@@ -288,7 +318,7 @@ class DashData:
         index = SeriesIndex.from_frames(grid.series, grid.dense)
         runs = grid.runs.drop_duplicates(F.RUN_ID, keep="last")
         ids = [str(r) for r in runs[F.RUN_ID]]
-        events = merge_events(grid.spikes, ids)
+        events = merge_events(grid.spikes, ids, event_precursors(LL.grid_leadlag(grid)))
         n_events: dict[str, int] = {}
         for e in events:
             n_events[e["run"]] = n_events.get(e["run"], 0) + 1

@@ -17,7 +17,9 @@ an empty figure reads like a result. Arms or panels without data are left out an
   (per layer, a panel per arm), `update_rms_and_eps` (the AdamW eps study), `layer_grad_heatmap`;
 - summaries (`reports.figures_summary`): `lr_sensitivity_figure`, `growth_vs_width`,
   `spike_scores_figure`, `forest_plot`, `forest_panels` (statistics come in as `compare_arms` /
-  `lr_sensitivity` frames, never computed here).
+  `lr_sensitivity` frames, never computed here);
+- around the loss spikes (`reports.figures_leadlag`): `leadlag_figure`, drawn by the report's
+  lead-lag section (which says in one line when there is no loss spike), not by `report_figures`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from reports.figures_curves import (
     metric_curves,
     update_rms_and_eps,
 )
+from reports.figures_leadlag import leadlag_figure
 from reports.figures_summary import (
     forest_panels,
     forest_plot,
@@ -58,8 +61,8 @@ from stability import metric_names as M
 __all__ = [
     "HEADLINE_FOREST", "MissingData", "attn_logit_curves", "attn_logit_layers", "embedding_norm_curves",
     "forest_panels", "forest_plot", "grad_norm_curves", "growth_vs_width", "layer_grad_heatmap",
-    "log_z_curves", "loss_curves", "lr_sensitivity_figure", "metric_curves", "report_figures",
-    "save_figure", "spike_scores_figure", "update_rms_and_eps",
+    "leadlag_figure", "log_z_curves", "loss_curves", "lr_sensitivity_figure", "metric_curves",
+    "report_figures", "save_figure", "spike_scores_figure", "update_rms_and_eps",
 ]
 
 FORMATS = ("png", "pdf")

@@ -3,7 +3,9 @@
     out/summary.md           what the grid shows, in words and numbers (figures linked)
     out/tables/*.{md,tex,csv} compare (every arm vs the baseline, paired), summary (per arm: the
                               headline metrics, mean ± sd), lr_sensitivity (when lrs are swept),
-                              runs (one row per run); summary_full.csv: every metric per arm
+                              runs (one row per run), leadlag (when there are loss spikes: which
+                              signals left their range before them, `reports.leadlag`);
+                              summary_full.csv: every metric per arm
     out/figures/*.{png,pdf}  the figure kinds the data supports, 7.2 in wide (a paper's text
                               width), PDF and 300-dpi PNG; out/figures/single/: the same at 3.5 in
                               (one column)
@@ -23,7 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from reports import frames as F
-from reports.figures import WIDTHS, report_figures
+from reports import leadlag as LL
+from reports.figures import SUBFOLDER, WIDTHS, MissingData, leadlag_figure, report_figures, save_figure
+from reports.figures_common import log
 from reports.lr_sensitivity import lr_sensitivity
 from reports.stats import compare_arms, summary_by_arm
 from reports.tables import (
@@ -32,6 +36,8 @@ from reports.tables import (
     escape_markdown,
     fmt_p,
     fmt_sig,
+    format_leadlag_table,
+    write_leadlag_tables,
     write_summary_tables,
     write_tables,
 )
@@ -51,6 +57,8 @@ class Report:
     paths: list[Path] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     headline: str = ""
+    leadlag: LL.LeadLag | None = None
+    leadlag_summary: pd.DataFrame | None = None  # leadlag.summarize by arm; None without loss spikes
 
 
 def _n_lrs(runs: pd.DataFrame) -> int:
@@ -74,6 +82,7 @@ def build_report(grid: F.GridData, out_dir: str | Path, *, test: str = "wilcoxon
     report.paths += write_summary_tables(summary_by_arm(grid.runs), out / "tables")
     report.paths += report_figures(grid, compare, lrs, out / "figures", reasons=report.skipped,
                                    formats=formats, widths=widths)
+    report.paths += write_leadlag(grid, report, formats=formats, widths=widths)
     report.summary = summary_text(grid, compare, lrs, report)
     report.headline = headline_text(grid, compare, report.skipped, baseline=baseline)
     atomic_write_text(out / "summary.md", report.summary)
@@ -160,15 +169,87 @@ def summary_text(grid: F.GridData, compare: pd.DataFrame, lrs: pd.DataFrame | No
                          f"(optimal lr {r['optimal_lr']:g}, best loss {fmt_sig(r['best_loss'])}, "
                          f"{int(r['n_diverged'])} diverged)")
         lines.append("")
+    lines += leadlag_md(grid, report)
     lines += _figures_md(report)
     lines += _skipped_md(report.skipped)
-    lines += _tables_md(lrs is not None)
+    lines += _tables_md(lrs is not None, report.leadlag_summary is not None)
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- lead-lag
+LEADLAG_FIGURE = "leadlag"  # drawn in its own section, not under Figures
+
+
+def write_leadlag(grid: F.GridData, report: Report, *, formats: tuple[str, ...] = ("png", "pdf"),
+                  widths: tuple[str, ...] = WIDTHS) -> list[Path]:
+    """The lead-lag of the grid's loss spikes into `report` (`leadlag`, `leadlag_summary`), its
+    tables (tables/leadlag.*) and figure (figures/leadlag.*) when any loss spike was analysed;
+    returns the paths written. A figure that fails is skipped (and said), the tables stay."""
+    lead = LL.grid_leadlag(grid)
+    report.leadlag = lead
+    if not (lead.spikes["status"] == LL.ANALYSED).any():
+        return []
+    report.leadlag_summary = LL.summarize(lead, by=F.ARM)
+    paths = write_leadlag_tables(report.leadlag_summary, report.out_dir / "tables", horizon=lead.horizon,
+                                 z=lead.z)
+    try:
+        means = LL.aligned_means(LL.grid_event_aligned(grid, lead))
+        for width in widths:
+            fig = leadlag_figure(grid, lead, means, width=width)
+            paths += save_figure(fig, report.out_dir / "figures" / SUBFOLDER[width], LEADLAG_FIGURE,
+                                 formats=formats)
+            fig.clear()
+    except MissingData as e:
+        report.skipped[LEADLAG_FIGURE] = str(e)
+    except Exception as e:
+        log.exception("figure %s failed", LEADLAG_FIGURE)
+        report.skipped[LEADLAG_FIGURE] = f"failed: {type(e).__name__}: {e}"
+    return paths
+
+
+def _spike_counts(spikes: pd.DataFrame, horizon: int) -> str:
+    """"5 loss spikes in 2 runs: 3 analysed, 1 within 20 steps of an earlier one, 1 too early"."""
+    counts = spikes["status"].value_counts()
+    n = len(spikes)
+    parts = [f"{int(counts.get(LL.ANALYSED, 0))} analysed"]
+    for status, text in ((LL.OVERLAPPING, f"within {horizon} steps after an earlier one (part of its event)"),
+                         (LL.TOO_EARLY, "too early for a baseline"),
+                         (LL.NO_SIGNALS, "in runs without a signal")):
+        if counts.get(status, 0):
+            parts.append(f"{int(counts[status])} {text}")
+    runs = spikes[F.RUN_ID].nunique()
+    head = f"{n} loss spike{'s' if n != 1 else ''} in {runs} run{'s' if runs != 1 else ''}"
+    return f"{head}: " + ", ".join(parts)
+
+
+def leadlag_md(grid: F.GridData, report: Report) -> list[str]:
+    """The "What came before the loss spikes" section: counts, the rule in one sentence, a
+    sentence per arm, the table and the figure; one line when there is no loss spike."""
+    lines = ["## What came before the loss spikes", ""]
+    lead = report.leadlag
+    if lead is None or not lead.n_loss_spikes:
+        return lines + ["No loss spikes in this grid (no loss event in any run's spikes.csv).", ""]
+    counts = _spike_counts(lead.spikes, lead.horizon)
+    summary = report.leadlag_summary
+    if summary is None:
+        return lines + [escape_markdown(counts) + ": none could be analysed.", ""]
+    lines += [escape_markdown(counts) + f". Onset: the first step, in the {lead.horizon} steps up to a loss "
+              f"spike, where a signal is more than {lead.z:g} robust σ (1.4826 × MAD) above the median of "
+              f"its last {lead.baseline} points before those steps (below, for the update-gradient cosine); "
+              "lead = spike step − onset step, resolved to the signal's cadence (docs/leadlag.md).", ""]
+    by_arm = dict(tuple(summary.groupby(F.ARM, sort=False)))
+    for arm in grid.arms:
+        text = LL.group_sentence(by_arm[arm]) + "." if arm in by_arm else "no analysed loss spike."
+        lines.append(f"- **{escape_markdown(arm)}**: {escape_markdown(text)}")
+    lines += ["", format_leadlag_table(summary, "markdown", horizon=lead.horizon, z=lead.z)]
+    if any(p.stem == LEADLAG_FIGURE and p.parent.name == "figures" for p in report.paths):
+        lines += [f"![{LEADLAG_FIGURE}](figures/{LEADLAG_FIGURE}.png)", ""]
+    return lines
 
 
 def _figures_md(report: Report) -> list[str]:
     """The figures section: every figure inline, and where the single-column versions are."""
-    figures = sorted({p.stem for p in report.paths if p.parent.name == "figures"})
+    figures = sorted({p.stem for p in report.paths if p.parent.name == "figures"} - {LEADLAG_FIGURE})
     if not figures:
         return []
     single = any(p.parent.name == "single" for p in report.paths)
@@ -177,10 +258,11 @@ def _figures_md(report: Report) -> list[str]:
     return ["## Figures", "", where, ""] + [f"![{f}](figures/{f}.png)" for f in figures] + [""]
 
 
-def _tables_md(with_lrs: bool) -> list[str]:
+def _tables_md(with_lrs: bool, with_leadlag: bool = False) -> list[str]:
     """Which table holds what; the summary table is the readable one, summary_full.csv all of it."""
     names = "`tables/compare`, `tables/summary`, `tables/runs`"
     names += ", `tables/lr_sensitivity`" if with_lrs else ""
+    names += ", `tables/leadlag`" if with_leadlag else ""
     return [f"Tables: {names} (.md, .tex, .csv). `tables/summary` is the readable per-arm table (runs, "
             "divergences and the headline metrics as mean ± sd); every metric's mean, sd and n per arm "
             "is in `tables/summary_full.csv`.", ""]

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from reports import frames as F
+from reports import leadlag as L
 from reports import style as S
 from reports.stats import MIN_PAIRS, too_few_pairs
 
@@ -356,6 +357,77 @@ def write_summary_tables(summary: pd.DataFrame, out_dir: str | os.PathLike[str])
     full = out / "summary_full.csv"
     atomic_write_text(full, to_csv(summary))
     return paths + [full]
+
+
+# --------------------------------------------------------------------------- the lead-lag table
+
+LEADLAG_HEADER = ("arm", "signal", "spikes judged", "preceded", "first", "median lead (steps)",
+                  "leading layer (share)", "cadence")
+
+
+def _cadence_cell(steps: Any) -> str:
+    """"every step", "every 10 steps"; NA when unknown."""
+    return NA if _missing(steps) else "every " + ("step" if steps == 1 else f"{float(steps):g} steps")
+
+
+def _layer_cell(row: Mapping[str, Any]) -> str:
+    """"3 (75%)": the layer that led most often among the spikes the signal preceded."""
+    if _missing(row["leading_layer"]):
+        return NA
+    return f"{int(row['leading_layer'])} ({L.pct(row['layer_share'])})"
+
+
+def leadlag_rows(summary: pd.DataFrame) -> list[list[str]]:
+    """Display cells of a `leadlag.summarize(by="arm")` frame, the signals an arm logged."""
+    rows = []
+    for r in summary[summary["logged"].astype(bool)].to_dict("records"):
+        judged = int(r["n"])
+        rows.append([str(r["arm"]), str(r["name"]), str(judged),
+                     L.pct(r["preceded"]) if judged else NA, L.pct(r["first"]) if judged else NA,
+                     NA if _missing(r["median_lead"]) else f"{float(r['median_lead']):g}",
+                     _layer_cell(r), _cadence_cell(r["cadence"])])
+    return rows
+
+
+def leadlag_notes(summary: pd.DataFrame, horizon: int, z: float) -> list[str]:
+    """How to read the table, and the signals each arm lacked (plain text, unescaped)."""
+    notes = [f"preceded: share of the loss spikes the signal could be judged at (a baseline and a sample "
+             f"in the {horizon} steps before) where it left its range (more than {z:g} robust sigma) "
+             f"before the spike; first: where it left first; the lead of a sampled signal is quantised "
+             f"by its cadence (docs/leadlag.md)"]
+    lacking: dict[tuple[str, ...], list[str]] = {}
+    for arm, g in summary.groupby("arm", sort=False):
+        if missing := tuple(L.not_logged(g)):
+            lacking.setdefault(missing, []).append(str(arm))
+    n_arms = summary["arm"].nunique()
+    for missing, arms in lacking.items():
+        where = "any arm" if len(arms) == n_arms > 1 else ", ".join(arms)
+        notes.append(f"not logged in {where}: {', '.join(missing)}")
+    return notes
+
+
+def format_leadlag_table(summary: pd.DataFrame, fmt: str = "markdown", *, horizon: int = L.HORIZON,
+                         z: float = L.Z) -> str:
+    """The readable lead-lag table (arm | signal | spikes judged | preceded | first | median lead |
+    leading layer (share) | cadence) with its notes; csv: every column of the summary, raw."""
+    _check_fmt(fmt)
+    if fmt == "csv":
+        return to_csv(summary)
+    rows = leadlag_rows(summary)
+    table = render_markdown(LEADLAG_HEADER, rows) if fmt == "markdown" else render_latex(LEADLAG_HEADER, rows)
+    return table + _note_lines(leadlag_notes(summary, horizon, z), fmt)
+
+
+def write_leadlag_tables(summary: pd.DataFrame, out_dir: str | os.PathLike[str], *, horizon: int = L.HORIZON,
+                         z: float = L.Z) -> list[Path]:
+    """leadlag.md / .tex (readable) and leadlag.csv (every column), atomically; returns the paths."""
+    out = Path(out_dir)
+    paths = []
+    for fmt in FORMATS:
+        path = out / f"leadlag.{EXTENSIONS[fmt]}"
+        atomic_write_text(path, format_leadlag_table(summary, fmt, horizon=horizon, z=z))
+        paths.append(path)
+    return paths
 
 
 # ------------------------------------------------------------------------------------- writing

@@ -16,6 +16,7 @@
   const SCORE = [[252, 251, 253], [188, 189, 220], [117, 107, 177], [63, 0, 125]];
   const STATUS_BG = { diverged: "#f4a6a0", failed: "#c8c8c8", interrupted: "#f7dc9c" };
   const SPIKE_COLOR = "rgba(214,39,40,0.75)";
+  const REWIND_COLOR = "rgba(106,61,154,0.9)";  // a spike training went back from (train.on_spike = "rewind")
   const MAX_VALUES = 24000, MIN_SLOTS = 32, MAX_SLOTS = 4000;
   const SUMMARY_LABELS = {
     final_eval_loss: "final eval loss", best_eval_loss: "best eval loss", final_train_loss: "final train loss",
@@ -409,9 +410,9 @@
       for (const m of this.spec.markers || []) {
         if (m.x < mn || m.x > mx) continue;
         const cx = Math.round(u.valToPos(m.x, "x", true)) + 0.5;
-        ctx.strokeStyle = m.kind === "diverged" ? "#000" : SPIKE_COLOR;
-        ctx.lineWidth = m.kind === "diverged" ? 1.5 : 1;
-        ctx.setLineDash(m.kind === "diverged" ? [6, 4] : []);
+        ctx.strokeStyle = m.kind === "diverged" ? "#000" : m.kind === "rewind" ? REWIND_COLOR : SPIKE_COLOR;
+        ctx.lineWidth = m.kind === "spike" ? 1 : 1.5;
+        ctx.setLineDash(m.kind === "diverged" ? [6, 4] : m.kind === "rewind" ? [2, 3] : []);
         ctx.beginPath(); ctx.moveTo(cx, top); ctx.lineTo(cx, top + height); ctx.stroke();
         ctx.fillStyle = ctx.strokeStyle;
         ctx.setLineDash([]);
@@ -594,11 +595,18 @@
     return ev.rules.map((r) => `${r.metric}@${r.rule || "?"} ${fmt(r.sigma, 3)}σ`).join(", ") +
       (ev.leading_layer !== null ? ` · lead layer ${ev.leading_layer}` : "");
   }
+  // what came before a loss spike (reports.leadlag, computed by the server): null for other events
+  function precursorText(ev) {
+    if (!ev.precursors) return "—";
+    if (!ev.precursors.length) return "none left its range";
+    return ev.precursors.map((p) => `${p.signal}${p.layer !== null ? " layer " + p.layer : ""}, ${p.lead} step${p.lead === 1 ? "" : "s"} before` +
+      (p.cadence > 1 ? ` (sampled every ${p.cadence})` : "")).join("; ");
+  }
   const spikeHash = (ev) => `#/spike/${enc(ev.run)}/${ev.step}`;
   const runHash = (id) => `#/run/${enc(id)}`;
   function markersFor(runIds) {
     const ids = new Set(runIds), byId = runById(), out = [];
-    for (const ev of S.ov.events) if (ids.has(ev.run)) out.push({ x: ev.step, kind: "spike", ev, label: `${(byId.get(ev.run) || {}).name || ev.run}: ${eventLabel(ev)}` });
+    for (const ev of S.ov.events) if (ids.has(ev.run)) out.push({ x: ev.step, kind: ev.rewound ? "rewind" : "spike", ev, label: `${(byId.get(ev.run) || {}).name || ev.run}: ${ev.rewound ? "rewound from " : ""}${eventLabel(ev)}` });
     for (const id of ids) { const r = byId.get(id); if (r && r.diverged_at !== null && r.status === "diverged") out.push({ x: r.diverged_at, kind: "diverged", label: `${r.name} diverged at step ${r.diverged_at}` }); }
     return out;
   }
@@ -915,12 +923,13 @@
 
   function eventsTable(events, withRun) {
     const byId = runById();
-    return table([...(withRun ? ["run", "arm", "seed"] : []), "step", "rules fired (σ)", "leading layer (σ)", "attn logits rising", "log Z rising", ""],
+    return table([...(withRun ? ["run", "arm", "seed"] : []), "step", "rules fired (σ)", "leading layer (σ)", "attn logits rising", "log Z rising", "precursors (before a loss spike)", ""],
       events.map((ev) => {
         const r = byId.get(ev.run) || { name: ev.run, arm: "—", seed: null };
         return [...(withRun ? [h("a", { href: runHash(ev.run), text: r.name }), r.arm, fmt(r.seed)] : []), num(ev.step),
-          h("span", {}, ev.rules.map((ru) => h("span", { class: "rule", text: `${ru.metric}@${ru.rule || "?"} ${fmt(ru.sigma, 3)}σ` }))),
+          h("span", {}, ...(ev.rewound ? [h("span", { class: "rewound", text: "rewound" })] : []), ...ev.rules.map((ru) => h("span", { class: "rule", text: `${ru.metric}@${ru.rule || "?"} ${fmt(ru.sigma, 3)}σ` }))),
           ev.leading_layer === null ? "—" : `${ev.leading_layer} (${fmt(ev.leading_sigma, 3)}σ)`, fmt(ev.attn_logit_rising), fmt(ev.log_z_rising),
+          h("span", { class: "precursors", text: precursorText(ev) }),
           h("a", { href: spikeHash(ev), class: "go", text: "zoom ›" })];
       }), "events");
   }
@@ -1045,7 +1054,8 @@
       const rules = ev ? table(["rule", "series", "σ", "value", "window mean", "window std"], ev.rules.map((r) => [r.rule || "—", r.metric, num(r.sigma, 4), num(r.value, 5), num(r.mean, 5), num(r.std, 4)]), "rules") : h("p", { text: "no spike event at this step" });
       const gLayers = run.metrics.filter((k) => k.startsWith("grad/norm/layer_")).map((k) => Number(k.split("_").pop())).sort((a, b) => a - b);
       const heat = gLayers.length ? new Heatmap(this.linker, { title: "grad norm per layer around the spike (log colour)", run: run.id, prefix: "grad/norm", layers: gLayers, markers: markersFor([run.id]) }) : null;
-      const caption = ev ? `step ${ev.step} · ${eventLabel(ev)} · attention logits rising: ${fmt(ev.attn_logit_rising)} · log Z rising: ${fmt(ev.log_z_rising)}` : `step ${this.step}`;
+      const caption = ev ? `step ${ev.step} · ${eventLabel(ev)} · attention logits rising: ${fmt(ev.attn_logit_rising)} · log Z rising: ${fmt(ev.log_z_rising)}` +
+        (ev.precursors ? ` · before it: ${precursorText(ev)}` : "") : `step ${this.step}`;
       this.root.append(header(`spike: ${run.name} @ ${this.step}`),
         h("p", { class: "meta", id: "spike-caption", text: `arm ${run.arm} · seed ${fmt(run.seed)} · lr ${fmt(run.lr)} · ${caption}` }), nav, rules,
         h("div", { class: "charts" }, panels.map((p) => p.el)), heat ? heat.el : null);

@@ -12,22 +12,52 @@ import pandas as pd
 from reports import frames as F
 from stability import metric_names as M
 
+# planted before each loss spike: {signal: steps it rises before the spike}, and in which layer
+PRECURSORS = {M.GRAD_NORM: 5, M.UPDATE_RMS: 10}
+PRECURSOR_LAYERS = {M.GRAD_NORM: 1, M.UPDATE_RMS: 0}
+
+
+def _precursors(s: np.ndarray, loss: np.ndarray, spikes: list[dict], rid: str, steps: list[int],
+                n_layers: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Plant each loss spike (+1.5 nats, a spikes.csv row) and its precursors (`PRECURSORS`, each a
+    plateau from its lead before the spike to 2 steps after); returns (grad-norm bump, update-RMS
+    bump of its layer, update-RMS noise per layer (zeros without loss spikes))."""
+    gbump, ubump = np.zeros(s.size), np.zeros(s.size)
+    if not steps:
+        return gbump, ubump, np.zeros((n_layers, s.size))
+    for st in steps:
+        i = np.searchsorted(s, st)
+        if i < s.size and s[i] == st:
+            loss[i] += 1.5
+            spikes.append({F.RUN_ID: rid, "step": int(st), "series": f"{M.TRAIN_CE_LOSS}@olmo2",
+                           "value": float(loss[i]), "sigma": 9.0, "mean": float(loss[i]) - 1.5, "std": 0.15,
+                           "leading_layer": PRECURSOR_LAYERS[M.GRAD_NORM], "leading_sigma": 9.0,
+                           "attn_logit_rising": False, "log_z_rising": False})
+        for bump, key, size in ((gbump, M.GRAD_NORM, 2.0), (ubump, M.UPDATE_RMS, 0.3)):
+            bump[(s >= st - PRECURSORS[key]) & (s <= st + 2)] += size
+    return gbump, ubump, 0.01 * rng.standard_normal((n_layers, s.size))
+
 
 def synthetic_grid(arms=("olmo2", "no_qk_norm", "olmo0424"), seeds=(0, 1, 2), lrs=(3e-3,),
                    steps: int = 200, n_layers: int = 4, n_heads: int = 2, log_every: int = 1,
                    eval_every: int = 50, arm_offset: dict[str, float] | None = None,
                    diverged: dict[tuple[str, int, float], int] | None = None,
                    spike_steps: dict[tuple[str, int, float], list[int]] | None = None,
+                   loss_spike_steps: dict[tuple[str, int, float], list[int]] | None = None,
                    name: str = "synthetic", baseline: str | None = "olmo2") -> F.GridData:
     """A grid of arms x seeds x lrs.
 
     `arm_offset[arm]` shifts that arm's loss curve (positive: worse); `diverged[(arm, seed, lr)]`
     ends that run at the given step with status diverged; `spike_steps[(arm, seed, lr)]` puts a
-    grad-norm spike (led by layer 1) and a smaller loss bump at those steps.
+    grad-norm spike (led by layer 1) and a smaller loss bump at those steps;
+    `loss_spike_steps[(arm, seed, lr)]` puts a CE loss spike event (spikes.csv) at those steps,
+    with planted precursors (`PRECURSORS`): the global and layer-1 grad norm rise 5 steps before
+    it, layer 0's Adam update RMS 10 steps before (update RMS then carries a little noise).
     """
     arm_offset = arm_offset or {}
     diverged = diverged or {}
     spike_steps = spike_steps or {}
+    loss_spike_steps = loss_spike_steps or {}
     runs, series, dense, spikes, params = [], [], [], [], []
     for ai, arm in enumerate(arms):
         for seed in seeds:
@@ -50,6 +80,10 @@ def synthetic_grid(arms=("olmo2", "no_qk_norm", "olmo0424"), seeds=(0, 1, 2), lr
                                        "value": float(gnorm[i]), "sigma": 12.0, "mean": 1.0, "std": 0.6,
                                        "leading_layer": 1, "leading_sigma": 15.0,
                                        "attn_logit_rising": arm != "olmo2", "log_z_rising": False})
+                gbump, ubump, unoise = _precursors(s, loss, spikes, rid,
+                                                   loss_spike_steps.get((arm, seed, lr), []), n_layers,
+                                                   np.random.default_rng(7777 + 1000 * ai + 10 * seed + li))
+                gnorm = gnorm + gbump
                 if (arm, seed, lr) in diverged:
                     loss[-1] = np.nan
                     gnorm[-1] = np.inf
@@ -83,8 +117,11 @@ def synthetic_grid(arms=("olmo2", "no_qk_norm", "olmo0424"), seeds=(0, 1, 2), lr
                                             "value": [score_g / 2, score_g]}))
                 for layer in range(n_layers):
                     share = 1.0 + (2.0 if layer == 1 else 0.0)
-                    g = gnorm * share / n_layers
-                    for key, vals in ((M.GRAD_NORM, g), (M.UPDATE_RMS, np.full(s.size, 0.5 + 0.1 * layer)),
+                    g = (gnorm - gbump) * share / n_layers
+                    g = g + (gbump if layer == PRECURSOR_LAYERS[M.GRAD_NORM] else 0.0)
+                    rms = 0.5 + 0.1 * layer + unoise[layer]
+                    rms = rms + (ubump if layer == PRECURSOR_LAYERS[M.UPDATE_RMS] else 0.0)
+                    for key, vals in ((M.GRAD_NORM, g), (M.UPDATE_RMS, rms),
                                       (M.OPTIM_EPS_REGIME, np.full(s.size, 0.01 * layer)),
                                       (M.ACT_RMS, np.full(s.size, 1.0 + layer))):
                         dense.append(pd.DataFrame({F.RUN_ID: rid, "step": s, "key": key, "layer": layer,

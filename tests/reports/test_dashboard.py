@@ -87,7 +87,29 @@ def test_one_event_per_run_and_step_listing_every_rule():
     assert first["sigma"] == 20.0 and first["leading_layer"] == 1 and first["leading_sigma"] == 15.0
     assert first["attn_logit_rising"] is True and first["log_z_rising"] is False
     assert [len(e["rules"]) for e in events] == [3, 2, 2]
+    assert [e["rewound"] for e in events] == [False, False, False]
     assert merge_events(grid.spikes.iloc[0:0]) == []
+    # a spike training went back from (spikes.csv action "rewind", NaN where empty)
+    action = grid.spikes["step"].map(lambda s: "rewind" if s == 120 else np.nan)
+    rewound = merge_events(grid.spikes.assign(action=action), grid.runs[F.RUN_ID])
+    assert [e["rewound"] for e in rewound] == [False, True, False]
+
+
+def test_a_loss_spike_event_lists_its_precursors_in_the_served_and_the_static_json(tmp_path):
+    grid = synthetic_grid(arms=("olmo2", "no_qk_norm"), seeds=(0,), steps=200,
+                          spike_steps={("olmo2", 0, LR): [60]}, loss_spike_steps={("olmo2", 0, LR): [120]})
+    with DashboardServer(lambda: grid, poll_s=60) as server:
+        ov = json.loads(get(server.url + "api/overview")[2])
+    events = {(e["run"], e["step"]): e for e in ov["events"]}
+    loss = events[("r000_olmo2", 120)]
+    assert [r["metric"] for r in loss["rules"]] == [M.TRAIN_CE_LOSS]
+    # layer 0's update RMS rose 10 steps ahead, layer 1's grad norm 5 (tests/reports/factories.py)
+    assert [(p["signal"], p["name"], p["layer"], p["lead"], p["cadence"]) for p in loss["precursors"]] == [
+        (M.UPDATE_RMS, "Adam update RMS", 0, 10, 1), (M.GRAD_NORM, "grad norm", 1, 5, 1)]
+    assert all(p["sigma"] > 5 for p in loss["precursors"])
+    assert events[("r000_olmo2", 60)]["precursors"] is None  # a grad-norm spike, not a loss spike
+    payload = json.loads(Scripts(write_dashboard(grid, tmp_path).read_text()).scripts[1][1])
+    assert payload["overview"]["events"] == ov["events"]
 
 
 def test_overview_runs_groups_catalogue_and_the_reports_paired_differences():

@@ -203,6 +203,29 @@ def test_one_event_per_run_and_step_and_a_marker_opens_its_zoomed_view(page, sit
     assert "step 120" in caption and "lead layer 1" in caption and "attention logits rising: yes" in caption
 
 
+def test_a_loss_spike_lists_its_precursors_in_the_events_and_its_view(page, tmp_path):
+    grid = synthetic_grid(arms=("olmo2",), seeds=(0,), steps=200, loss_spike_steps={("olmo2", 0, LR): [120]})
+    url = write_dashboard(grid, tmp_path).as_uri()
+    open_page(page, url + "#/spikes")
+    rows = page.eval("[...document.querySelectorAll('table.events tbody tr')].map(r => r.innerText)")
+    text = "update/rms layer 0, 10 steps before; grad/norm layer 1, 5 steps before"  # factories.PRECURSORS
+    assert len(rows) == 1 and text in rows[0]
+    open_page(page, url + "#/spike/r000_olmo2/120")
+    caption = page.eval("document.getElementById('spike-caption').textContent")
+    assert caption.endswith(f"before it: {text}")
+    assert page.errors == [] and page.eval("__dash.errors") == []
+
+
+def test_a_spike_training_rewound_from_has_its_badge_in_the_events_table(page, tmp_path):
+    grid = synthetic_grid(arms=("olmo2",), seeds=(0,), steps=200, loss_spike_steps={("olmo2", 0, LR): [120]})
+    grid.spikes["action"] = "rewind"
+    url = write_dashboard(grid, tmp_path).as_uri()
+    open_page(page, url + "#/spikes")
+    rows = page.eval("[...document.querySelectorAll('table.events tbody tr')].map(r => r.innerText)")
+    assert len(rows) == 1 and rows[0].split("\t")[4].startswith("rewound")
+    assert page.errors == [] and page.eval("__dash.errors") == []
+
+
 def hostile_grid() -> F.GridData:
     grid = synthetic_grid(arms=(PWN, "b"), seeds=(0,), steps=60, spike_steps={(PWN, 0, LR): [30]},
                           name=HOSTILE, baseline=PWN)

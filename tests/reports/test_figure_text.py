@@ -16,6 +16,7 @@ from matplotlib.text import Text
 from reports import figures as R
 from reports import frames as F
 from reports import style as S
+from reports.figures_leadlag import leadlag_figure
 from reports.lr_sensitivity import lr_sensitivity
 from reports.stats import COMPARE_COLUMNS, compare_arms
 from stability import metric_names as M
@@ -38,13 +39,15 @@ def rendered() -> dict[tuple[str, str], Figure]:
     """{(figure name, width): figure} of every figure kind, drawn (tick labels exist)."""
     grid = synthetic_grid(lrs=(1e-3, 1e-2), seeds=(0, 1, 2), steps=80,
                           diverged={("olmo0424", 1, 1e-2): 60},
-                          spike_steps={("olmo0424", 0, 1e-2): [40], ("olmo2", 2, 1e-3): [30]})
+                          spike_steps={("olmo0424", 0, 1e-2): [40], ("olmo2", 2, 1e-3): [30]},
+                          loss_spike_steps={("olmo2", 0, 1e-3): [50], ("no_qk_norm", 1, 1e-2): [55]})
     compare = compare_arms(grid, n_boot=200)
     probe = pd.DataFrame({"init": ["normal"] * 3 + ["mitchell"] * 3, "d_model": [64, 128, 256] * 2,
                           "seed": 0, "growth_act": [0.0, 0.01, 0.0, 0.2, 0.3, 0.4],
                           "growth_grad": [0.0, -0.01, 0.0, -0.2, -0.3, -0.4]})
     skipped: dict[str, str] = {}
     jobs = R.figure_jobs(grid, compare, lr_sensitivity(grid, n_boot=200), growth_df=probe, skipped=skipped)
+    jobs.append(("leadlag", lambda w: leadlag_figure(grid, width=w)))  # the report's lead-lag section
     out = {}
     for name, make in jobs:
         for width in WIDTHS:
@@ -77,7 +80,7 @@ def test_every_report_figure_kind_is_rendered(rendered):
     names = {name for name, _ in figures(rendered)}
     assert {"loss_curves", "grad_norm_curves", "attn_logit_curves", "attn_logit_layers", "log_z_curves",
             "embedding_norm_curves", "update_rms_and_eps", "lr_sensitivity", "spike_scores",
-            "growth_vs_width_probe", "layer_grad_heatmap_baseline", "forest_headline",
+            "growth_vs_width_probe", "layer_grad_heatmap_baseline", "forest_headline", "leadlag",
             f"forest_{F.FINAL_EVAL_LOSS}", f"forest_{F.MAX_ATTN_LOGIT}"} <= names
     assert len(figures(rendered)) == 2 * len(names)  # each at both widths
 

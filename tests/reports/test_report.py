@@ -161,3 +161,11 @@ def test_headline_orders_arms_by_lr_and_names_the_baseline_used():
     lone = synthetic_grid(arms=("a",), seeds=(0,), steps=20, baseline="a")
     assert headline_text(lone, compare_arms(lone, "a", n_boot=200), {"x": "why"}).splitlines() == \
         ["synthetic: no paired difference against a baseline (arms: a)", "not drawn:", "  x: why"]
+
+
+def test_without_loss_spikes_the_lead_lag_section_is_one_line(reported):
+    out, stdout = reported
+    summary = (out / "summary.md").read_text()
+    section = summary.split("## What came before the loss spikes\n")[1].split("\n## ")[0]
+    assert section.strip() == "No loss spikes in this grid (no loss event in any run's spikes.csv)."
+    assert not list(out.rglob("leadlag.*")) and "leadlag" not in summary and "leadlag" not in stdout
