@@ -66,10 +66,14 @@ def findings_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def study_findings(study: Study, grid: F.GridData, n_boot: int = 10_000) -> pd.DataFrame:
-    """One row per finding of `study` (columns `COLUMNS`)."""
+    """One row per finding of `study` (columns `COLUMNS`); a finding at a learning rate the grid
+    did not sweep (the quick scale sweeps fewer) has no row."""
     baseline = grid.baseline
+    swept = grid.runs[F.LR].dropna().astype(float).unique()
     rows, cache = [], {}
     for f in study.findings:
+        if f.lr is not None and not np.isclose(f.lr, swept).any():
+            continue
         if f.measure.name not in cache:
             cache[f.measure.name] = f.measure.values(grid)
         pairs = _pairs(cache[f.measure.name], baseline, f)

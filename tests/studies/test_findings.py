@@ -18,9 +18,9 @@ from tests.reports.factories import synthetic_grid
 def test_grad_excursion_is_the_largest_ratio_to_the_previous_window_median():
     s = pd.Series([1.0, 3.0] * 50 + [10.0, 2.0, 1.0], index=np.arange(103))
     # the median of the 100 steps before step 100 is 2 (50 ones, 50 threes): 10 / 2
-    assert X.grad_excursion(s) == pytest.approx(5.0)
-    assert np.isnan(X.grad_excursion(s.iloc[:100], window=100))  # no point has a full window
-    assert X.grad_excursion(s.iloc[:9]) == pytest.approx(3.0)  # window n/3: 3 / median(1, 3, 1)
+    assert X.excursion(s) == pytest.approx(5.0)
+    assert np.isnan(X.excursion(s.iloc[:100], window=100))  # no point has a full window
+    assert X.excursion(s.iloc[:9]) == pytest.approx(3.0)  # window n/3: 3 / median(1, 3, 1)
 
 
 def test_findings_rows_equal_a_hand_computed_paired_comparison():
@@ -54,6 +54,13 @@ def test_findings_rows_equal_a_hand_computed_paired_comparison():
     assert table["verdict"].iloc[1].startswith("no")
     md = findings_markdown(table, {"synthetic": "Synthetic"})
     assert md.count("\n") == 2 + 3 and "paper b" in md
+
+
+def test_a_finding_at_an_lr_the_grid_did_not_sweep_has_no_row():
+    grid = synthetic_grid(arms=("a", "b"), seeds=(0, 1, 2), lrs=(1e-3, 1e-1), baseline="a")
+    study = Study("s", "S", "claim", (Finding("b", X.FINAL_EVAL_LOSS, UP, "at 0.1", lr=1e-1),
+                                       Finding("b", X.FINAL_EVAL_LOSS, UP, "at 0.3", lr=3e-1)), ())
+    assert study_findings(study, grid, n_boot=200)["paper"].tolist() == ["at 0.1"]
 
 
 def test_lr_sensitivity_pairs_per_seed_over_the_sweep():
