@@ -27,7 +27,7 @@ demo: setup
 	@echo "the stability command is in $(VENV)/bin: run 'source $(VENV)/bin/activate' to put it on your PATH (or call $(VENV)/bin/stability)"
 
 # The OLMo 2 stability section, finding by finding (docs/reproduce.md): ~45 min on 2 cores;
-# the quick subset ~10 min. Both resumable: rerun to continue.
+# the quick subset ~15 min. Both resumable: rerun to continue.
 reproduce: setup
 	$(VENV)/bin/stability reproduce
 

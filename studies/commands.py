@@ -14,7 +14,7 @@ from stability.config import ConfigError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="run the studies reproducing the OLMo 2 report's stability "
                                          "section, then one report with the findings table")
-    p.add_argument("--quick", action="store_true", help="the quick subset (~10 min on 2 cores): 120 "
+    p.add_argument("--quick", action="store_true", help="the quick subset (~15 min on 2 cores): 120 "
                    "steps of olmo2-tiny, 3 seeds, 3 learning rates; same as --scale quick")
     p.add_argument("--scale", default="cpu", help="cpu (default, ~45 min on 2 cores), quick, or gpu "
                    "(the olmo2-190M shape, 5000 steps, one GPU per cell)")

@@ -3,7 +3,7 @@
 Resumable as the grids are: a rerun skips the cells that are done, recomputes the reports and
 the findings table from MLflow, and keeps the growth-exponent probe's table once measured.
 Three scales: the default CPU studies (olmo2-small, 300 steps), `quick` (olmo2-tiny, 120
-steps, 3 seeds, three learning rates: the whole pipeline in about 10 minutes) and `gpu` (the
+steps, 3 seeds, three learning rates: the whole pipeline in about 15 minutes) and `gpu` (the
 same studies on the olmo2-190M shape for 5000 steps, one GPU per cell: plan them here, run them
 where GPUs are).
 """
@@ -22,7 +22,11 @@ from ablations.spec import GridSpec, load_spec
 from stability.config import ConfigError, load_config
 from studies.catalog import STUDIES, Study
 
-CELL_OVERHEAD_S = 6.0  # a cell's process start, data and MLflow run, measured on this machine
+# A cell's process start, data, MLflow run, eval and artifacts, on this machine: `--quick` (66
+# cells of olmo2-tiny) took 714 s of grids with 2 jobs against 504 s planned at 6 s per cell;
+# 10.5 s fits it, and the full run (96 cells) comes out at ~43 min against 44 measured.
+CELL_OVERHEAD_S = 10.0
+REPORT_S_PER_STUDY = 20.0  # its report, figures at both widths (measured: 2.4 min for 7 studies)
 # Two cells on two cores run 1.4x as fast as one after another, not 2x (measured: study_eps,
 # 10 cells of 300 steps in 4.0 min with 2 jobs, estimated 5.6 min one after another).
 PARALLEL_EFFICIENCY = 0.7
@@ -112,8 +116,9 @@ def format_plan(plan: Plan, jobs: int) -> str:
              "are" if gpu else
              f"{jobs} cell(s) at a time, ~{CPU_FLOPS / 1e9:.0f} GFLOP/s per thread + "
              f"{CELL_OVERHEAD_S:.0f} s per cell")
+    reports = REPORT_S_PER_STUDY * len(plan.studies)
     lines += ["", f"total: {total} cells, ~{duration(plan.seconds(jobs))} ({where}); then a report "
-                  "per study, the growth-exponent probe and the findings table"]
+                  f"per study, the growth-exponent probe and the findings table (~{duration(reports)})"]
     return "\n".join(lines)
 
 
