@@ -57,10 +57,10 @@ def _late(s: pd.Series) -> pd.Series:
     return s[s.index >= s.index.min() + (1 - LATE_SHARE) * (s.index.max() - s.index.min())]
 
 
-def grad_excursion(s: pd.Series, window: int | None = None) -> float:
-    """The largest grad norm relative to the median of the `window` steps before it (default
-    `EXCURSION_WINDOW`, a third of the series when that is shorter); NaN while no point has a full
-    window."""
+def excursion(s: pd.Series, window: int | None = None) -> float:
+    """The largest value (a grad norm, a loss) relative to the median of the `window` steps before
+    it (default `EXCURSION_WINDOW`, a third of the series when that is shorter); NaN while no point
+    has a full window."""
     window = window or max(1, min(EXCURSION_WINDOW, len(s) // 3))
     typical = s.rolling(window, min_periods=window).median().shift(1)
     ratio = (s / typical).replace([np.inf, -np.inf], np.nan).dropna()
@@ -70,6 +70,11 @@ def grad_excursion(s: pd.Series, window: int | None = None) -> float:
 def _per_series(key: str, reduce: Callable[[pd.Series], float]) -> Callable[[F.GridData], pd.Series]:
     return lambda grid: pd.Series({rid: reduce(s) for rid, s in _series(grid, key).items()},
                                   dtype=float)
+
+
+def of_series(name: str, label: str, key: str, reduce: Callable[[pd.Series], float]) -> Measure:
+    """A measure that reduces each run's logged series `key` (indexed by step) to one number."""
+    return Measure(name, label, _per_series(key, reduce))
 
 
 def _layer_late_mean(key: str) -> Callable[[F.GridData], pd.Series]:
@@ -91,7 +96,7 @@ def _lr_sensitivity(grid: F.GridData) -> pd.DataFrame:
 SPIKE_SCORE_GRAD = Measure("spike_score_grad_norm", "grad-norm spike score (%, OLMo 2: 7 sigma)",
                            _column(F.SPIKE_SCORE_GRAD_NORM))
 GRAD_EXCURSION = Measure("grad_excursion", "largest grad norm / median of the 100 steps before",  # or n/3
-                         _per_series(M.GRAD_NORM, grad_excursion))
+                         _per_series(M.GRAD_NORM, excursion))
 MAX_GRAD_NORM = Measure("max_grad_norm", "max grad norm", _column(F.MAX_GRAD_NORM))
 GRAD_NORM_LATE = Measure("grad_norm_late", "mean grad norm, last half",
                          _per_series(M.GRAD_NORM, lambda s: float(_late(s).mean())))
