@@ -155,10 +155,13 @@ def skip(fig: Figure, what: str, reason: str) -> None:
 
 
 def _skipped_line(skipped: dict[str, str]) -> str:
-    """ "not shown: no_qk_norm (no finite gradient L2 norm points)": what was left out, in words."""
-    items = [f"{S.plain(S.humanize(k) if S.KEY_PATTERN.fullmatch(k) else k)} ({S.plain(S.humanize(v))})"
-             for k, v in skipped.items()]
-    return "not shown: " + "; ".join(items)
+    """ "not shown: no_qk_norm (no finite gradient L2 norm points)": what was left out, in words;
+    several left out for one reason share it ("a, b (no sample)")."""
+    by_reason: dict[str, list[str]] = {}
+    for k, v in skipped.items():
+        by_reason.setdefault(S.plain(S.humanize(v)), []).append(
+            S.plain(S.humanize(k) if S.KEY_PATTERN.fullmatch(k) else k))
+    return "not shown: " + "; ".join(f"{', '.join(what)} ({why})" for why, what in by_reason.items())
 
 
 def finish(fig: Figure, title: str) -> Figure:
@@ -168,7 +171,12 @@ def finish(fig: Figure, title: str) -> Figure:
     if fig.skipped:
         lines.append(_skipped_line(fig.skipped))
     chars = S.TITLE_CHARS[getattr(fig, "width_name", "double")]
-    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in lines if line))
+    text = "\n".join(textwrap.fill(line, chars) for line in lines if line)
+    fig.suptitle(text)
+    # a title past TITLE_LINES makes the figure taller instead of squeezing the panels under it
+    extra = text.count("\n") + 1 - S.TITLE_LINES
+    if extra > 0:
+        fig.set_figheight(fig.get_figheight() + extra * S.TITLE_LINE_IN)
     return fig
 
 

@@ -13,6 +13,8 @@ figure, loss spikes on the loss figure). Artist gids, for callers and tests:
 - `mean|arm|lr`, `band|arm|lr`, `raw|arm|lr`: the smoothed seed mean, its band, the raw seed mean
   (absent when unsmoothed: then `mean` is the raw mean);
 - `spikes|arm|lr`, `diverged|arm|lr`: markers on the raw seed mean (`mean` when unsmoothed);
+  `rewound|arm|lr`: spikes training rewound from (`train.on_spike = "rewind"`), at the spike's own
+  value (the seed mean of the events' values): the logged series holds the re-run steps;
 - `layer|arm|i`: per-layer curves; `heatmap`, `spike_ticks`, `spike_leading`, `diverged`.
 """
 
@@ -72,11 +74,13 @@ class _Drawn:
 
     raw: bool = False
     spike: bool = False
+    rewound: bool = False
     diverged: bool = False
 
     def __ior__(self, other: _Drawn) -> _Drawn:
         self.raw |= other.raw
         self.spike |= other.spike
+        self.rewound |= other.rewound
         self.diverged |= other.diverged
         return self
 
@@ -91,13 +95,14 @@ class CurveStyle:
     mark_diverged: bool = True
 
 
-def _markers(ax: Axes, points: list[tuple[int, float]], color: str, gid: str, *, diverged: bool) -> bool:
-    """Plot `points` (finite ones) as spike or divergence markers; whether any was drawn."""
+def _markers(ax: Axes, points: list[tuple[int, float]], color: str, gid: str, *, diverged: bool,
+             marker: str = S.SPIKE_MARKER) -> bool:
+    """Plot `points` (finite ones) as spike (`marker`) or divergence markers; whether any was drawn."""
     pts = sorted({p for p in points if np.isfinite(p[1])})
     if not pts:
         return False
     kw = (dict(marker=S.DIVERGED_MARKER, markersize=6, markeredgewidth=1.6, color=color, zorder=6)
-          if diverged else dict(marker=S.SPIKE_MARKER, markersize=5, color=color,
+          if diverged else dict(marker=marker, markersize=5, color=color,
                                 markeredgecolor=S.MARKER_EDGE, markeredgewidth=0.5, zorder=5))
     ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="none", gid=gid, label="_marks", **kw)
     return True
@@ -123,8 +128,13 @@ def _draw_arm(ax: Axes, grid: F.GridData, group: pd.DataFrame, data: Series, *, 
                         gid=f"band|{gid}")
     if style.spike_series is not None:
         ev = spike_events(grid, ids, style.spike_series)
-        pts = [(int(s), value_at(raw_mean, int(s))) for s in ev["step"]]
+        rewound = ev["action"].astype(str) == "rewind" if "action" in ev else pd.Series(False, index=ev.index)
+        pts = [(int(s), value_at(raw_mean, int(s))) for s in ev.loc[~rewound, "step"]]
         drawn.spike = _markers(ax, pts, color, f"spikes|{gid}", diverged=False)
+        # the logged series holds the re-run steps: mark the spike at its own value (seed mean)
+        back = ev[rewound].assign(value=lambda e: pd.to_numeric(e["value"], errors="coerce"))
+        pts = [(int(s), float(v)) for s, v in back.groupby("step")["value"].mean().items()]
+        drawn.rewound = _markers(ax, pts, color, f"rewound|{gid}", diverged=False, marker=S.REWIND_MARKER)
     if style.mark_diverged:
         div = group[(group[F.STATUS] == "diverged") & group[F.DIVERGED_AT_STEP].notna()]
         pts = [(int(d), value_at(raw_mean, int(d))) for d in div[F.DIVERGED_AT_STEP]]
@@ -150,6 +160,10 @@ def _proxies(drawn: _Drawn, spike_label: str) -> list[Line2D]:
     if drawn.spike:
         out.append(Line2D([], [], marker=S.SPIKE_MARKER, linestyle="none", color="0.6",
                           markeredgecolor=S.MARKER_EDGE, markeredgewidth=0.5, label=spike_label))
+    if drawn.rewound:
+        out.append(Line2D([], [], marker=S.REWIND_MARKER, linestyle="none", color="0.6",
+                          markeredgecolor=S.MARKER_EDGE, markeredgewidth=0.5,
+                          label=f"{spike_label}, rewound from (its value)"))
     if drawn.diverged:
         out.append(Line2D([], [], marker=S.DIVERGED_MARKER, linestyle="none", color="0.3",
                           markeredgewidth=1.6, label="diverged"))

@@ -39,6 +39,8 @@ PANEL_HEIGHT: dict[str, float] = {"single": 1.9, "double": 2.2}  # inches per ro
 DPI = 300
 # characters per title line at 8 pt over the figure's width
 TITLE_CHARS: dict[str, int] = {"single": 52, "double": 110}
+TITLE_LINES = 3  # title lines a figure's height allows for; each one more adds TITLE_LINE_IN
+TITLE_LINE_IN = 8.5 * 1.25 / 72  # one line of figure.titlesize, in inches
 
 # ---------------------------------------------------------------------------------- colours
 
@@ -51,6 +53,7 @@ SPIKE_COLOR = "#D55E00"
 MARKER_EDGE = "#000000"
 DIVERGED_MARKER = "x"
 SPIKE_MARKER = "^"
+REWIND_MARKER = "v"  # a spike training went back from, at its value before the rewind
 OPTIMUM_MARKER = "*"
 LAYER_CMAP = "viridis"
 HEATMAP_CMAP = "cividis"

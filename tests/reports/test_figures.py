@@ -149,6 +149,20 @@ def test_labels_are_words_with_units():
 
 
 # ---------------------------------------------------------------- curves over steps
+def test_a_spike_training_rewound_from_is_marked_at_its_own_value_not_on_the_rerun_line():
+    g = synthetic_grid(arms=("nothing", "rewind"), seeds=(0, 1), steps=200, baseline="nothing")
+    ids = [run_id(g, "rewind", seed, 3e-3) for seed in (0, 1)]
+    events = [{F.RUN_ID: rid, "step": 120, "series": "train/loss@online", "value": v, "sigma": 30.0,
+               "mean": 4.0, "std": 0.1, "action": "rewind"} for rid, v in zip(ids, (9.0, 10.0))]
+    g.spikes = pd.concat([g.spikes, pd.DataFrame(events)], ignore_index=True)
+    fig = R.loss_curves(g)
+    marker = one(fig, "rewound|rewind|0.003")
+    assert list(marker.get_xdata()) == [120] and list(marker.get_ydata()) == [9.5]  # the seed mean
+    assert marker.get_marker() == S.REWIND_MARKER
+    assert not gid_objs(fig, "spikes|")  # not also a spike marker on the re-run line
+    assert "loss spike, rewound from (its value)" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
 
 
 def test_loss_curves_ema_over_faint_raw_one_panel_per_lr(grid):
@@ -721,3 +735,14 @@ def test_forest_plot_shows_every_lr_of_an_arm(grid):
         for lr in LRS:
             row = cmp[(cmp["arm"] == arm) & np.isclose(cmp["lr"], lr)].iloc[0]
             np.testing.assert_allclose(one_in(ax, f"diff|{arm}|{lr:g}").get_xdata(), [row["mean_diff"]])
+
+
+def test_what_was_left_out_for_one_reason_shares_it_in_the_title():
+    fig, _ = D.new_figure("t")
+    for what in ("Adam update RMS", "MLP output RMS"):
+        D.skip(fig, what, "no sample with a baseline")
+    D.skip(fig, "grad/norm", "no finite value")
+    D.finish(fig, "title")
+    assert fig.get_suptitle().split("\n", 1)[1].replace("\n", " ") == (
+        "not shown: Adam update RMS, MLP output RMS (no sample with a baseline); gradient L2 norm "
+        "(no finite value)")
