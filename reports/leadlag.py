@@ -40,7 +40,9 @@ from stability import metric_names as M
 
 HORIZON = 20  # steps before a loss spike in which an onset counts
 BASELINE = 100  # points before the window that make a series' recent range
-MIN_BASELINE = 20  # fewer points: no range, the spike is too early for that series
+MIN_BASELINE = 20  # fewer points: no range, the spike is too early for that series (Gaussian
+# noise, a 16-layer per-step signal: 18% of windows cross 5 robust sigmas of a 20-point baseline,
+# 46% of a 12-point one; so a probe signal sampled every 10 steps is judged from step ~220 on)
 Z = 5.0  # robust sigmas from the median that are a departure (Gaussian noise: 0.2% of the
 # 21-step windows of a 16-layer signal have a point beyond 5 with a 100-point baseline, 5% beyond 4)
 AFTER = 10  # steps after the spike the event-aligned averages run to
@@ -84,8 +86,8 @@ SignalSeries = Mapping[str, Mapping[int, pd.Series]]
 ONSET_COLUMNS = ("spike", "signal", "layer", "status", "onset", "lead", "sigma", "cadence")
 SIGNAL_COLUMNS = (F.RUN_ID, F.ARM, "spike", "signal", "status", "lead", "layer", "sigma", "cadence", "first")
 SPIKE_COLUMNS = (F.RUN_ID, F.ARM, "step", "status", "first_signal", "first_layer", "first_lead")
-SUMMARY_COLUMNS = ("signal", "name", "logged", "n_spikes", "n", "preceded", "first", "median_lead",
-                   "leading_layer", "layer_share", "cadence")
+SUMMARY_COLUMNS = ("signal", "name", "logged", "n_spikes", "n", "preceded", "first", "same_step",
+                   "median_lead", "leading_layer", "layer_share", "cadence")
 # statuses of a (spike, series) and of a (spike, signal)
 DEPARTED, IN_RANGE, NO_SAMPLE, NO_BASELINE = "departed", "in_range", "no_sample", "no_baseline"
 JUDGED = (DEPARTED, IN_RANGE)
@@ -362,7 +364,9 @@ def summarize(lead: LeadLag, by: str | None = F.ARM) -> pd.DataFrame:
     """Per group (`by`: "arm", "run_id" or None for the whole grid) and signal of `SIGNALS`:
     logged (any run of the group has it), n_spikes (analysed loss spikes), n (those the signal
     could be judged at: a baseline and a sample in the window), preceded (share of n with
-    lead > 0), first (share of n where it was the spike's first signal), median_lead (over the
+    lead > 0), first (share of n where it was the spike's first signal, ahead of it), same_step
+    (share of n where it left its range at the spike's own step, lead 0: it rose with the loss,
+    as after a bad batch, rather than before it), median_lead (over the
     spikes it preceded), leading_layer (the layer that led most often among those; ties: the
     lower) with layer_share, cadence (the coarsest sampling interval, in steps: the lead's
     resolution). Groups without an analysed loss spike have no rows."""
@@ -392,7 +396,9 @@ def _signal_summary(rows: pd.DataFrame, n_spikes: int) -> dict:
     top = int(min(counts[counts == counts.max()].index)) if len(counts) else None
     return {"n_spikes": n_spikes, "n": n,
             "preceded": len(ahead) / n if n else math.nan,
-            "first": float(judged["first"].astype(bool).sum()) / n if n else math.nan,
+            "first": float((judged["first"].astype(bool) & (judged["lead"] > 0)).sum()) / n
+            if n else math.nan,
+            "same_step": float((judged["lead"] == 0).sum()) / n if n else math.nan,
             "median_lead": float(ahead["lead"].median()) if len(ahead) else math.nan,
             "leading_layer": top if top is not None else pd.NA,
             "layer_share": float(counts[top]) / len(ahead) if top is not None else math.nan,
@@ -439,7 +445,12 @@ def group_sentence(summary: pd.DataFrame) -> str:
     if top is not None:
         return sentence(top)
     n = int(summary["n_spikes"].max()) if len(summary) else 0
-    return f"no signal left its range before any of {n} loss spike{'s' if n != 1 else ''}"
+    text = f"no signal left its range before any of {n} loss spike{'s' if n != 1 else ''}"
+    with_it = summary[summary["same_step"].fillna(0) > 0]
+    if len(with_it):
+        row = with_it.sort_values("same_step", ascending=False, kind="stable").iloc[0]
+        text += f"; {row['name']} rose at the spike's own step in {pct(row['same_step'])} of them"
+    return text
 
 
 def not_logged(summary: pd.DataFrame) -> list[str]:

@@ -361,8 +361,8 @@ def write_summary_tables(summary: pd.DataFrame, out_dir: str | os.PathLike[str])
 
 # --------------------------------------------------------------------------- the lead-lag table
 
-LEADLAG_HEADER = ("arm", "signal", "spikes judged", "preceded", "first", "median lead (steps)",
-                  "leading layer (share)", "cadence")
+LEADLAG_HEADER = ("arm", "signal", "spikes judged", "preceded", "first", "at the spike step",
+                  "median lead (steps)", "leading layer (share)", "cadence")
 
 
 def _cadence_cell(steps: Any) -> str:
@@ -384,6 +384,7 @@ def leadlag_rows(summary: pd.DataFrame) -> list[list[str]]:
         judged = int(r["n"])
         rows.append([str(r["arm"]), str(r["name"]), str(judged),
                      L.pct(r["preceded"]) if judged else NA, L.pct(r["first"]) if judged else NA,
+                     L.pct(r["same_step"]) if judged else NA,
                      NA if _missing(r["median_lead"]) else f"{float(r['median_lead']):g}",
                      _layer_cell(r), _cadence_cell(r["cadence"])])
     return rows
@@ -393,8 +394,9 @@ def leadlag_notes(summary: pd.DataFrame, horizon: int, z: float) -> list[str]:
     """How to read the table, and the signals each arm lacked (plain text, unescaped)."""
     notes = [f"preceded: share of the loss spikes the signal could be judged at (a baseline and a sample "
              f"in the {horizon} steps before) where it left its range (more than {z:g} robust sigma) "
-             f"before the spike; first: where it left first; the lead of a sampled signal is quantised "
-             f"by its cadence (docs/leadlag.md)"]
+             f"before the spike; first: where it left first, ahead of the spike; at the spike step: "
+             f"where it left at the spike's own step (it rose with the loss); the lead of a sampled "
+             f"signal is quantised by its cadence (docs/leadlag.md)"]
     lacking: dict[tuple[str, ...], list[str]] = {}
     for arm, g in summary.groupby("arm", sort=False):
         if missing := tuple(L.not_logged(g)):
@@ -408,8 +410,9 @@ def leadlag_notes(summary: pd.DataFrame, horizon: int, z: float) -> list[str]:
 
 def format_leadlag_table(summary: pd.DataFrame, fmt: str = "markdown", *, horizon: int = L.HORIZON,
                          z: float = L.Z) -> str:
-    """The readable lead-lag table (arm | signal | spikes judged | preceded | first | median lead |
-    leading layer (share) | cadence) with its notes; csv: every column of the summary, raw."""
+    """The readable lead-lag table (arm | signal | spikes judged | preceded | first | at the spike
+    step | median lead | leading layer (share) | cadence) with its notes; csv: every column of the
+    summary, raw."""
     _check_fmt(fmt)
     if fmt == "csv":
         return to_csv(summary)

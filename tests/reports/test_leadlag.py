@@ -191,7 +191,8 @@ def test_grid_aggregates_and_the_sentence_exactly():
         [1.0, 0.0, 3.0, 0]
     assert a.loc[M.ACT_MLP_OUT_RMS, ["n", "preceded", "first"]].tolist() == [8, 0.0, 0.0]
     # max log Z left its range at the spike's own step: lead 0 is not ahead
-    assert a.loc[M.LOGITS_LOG_Z_MAX, ["n", "preceded", "first"]].tolist() == [8, 0.0, 0.0]
+    assert a.loc[M.LOGITS_LOG_Z_MAX, ["n", "preceded", "first", "same_step"]].tolist() == [8, 0.0, 0.0, 1.0]
+    assert a.loc[M.UPDATE_RMS, "same_step"] == 0.0
     assert np.isnan(a.loc[M.LOGITS_LOG_Z_MAX, "median_lead"])
     assert not a.loc[M.ATTN_LOGIT_MAX, "logged"] and a.loc[M.ATTN_LOGIT_MAX, "n"] == 0
     by_arm = dict(tuple(L.summarize(lead).groupby(F.ARM)))
@@ -199,6 +200,9 @@ def test_grid_aggregates_and_the_sentence_exactly():
                                              "ahead; layer 2 led in 100% of those")
     assert L.group_sentence(by_arm["b"]) == ("Adam update RMS led in 100% of 4 loss spikes, median 10 steps "
                                              "ahead; layer 2 led in 100% of those")
+    calm = by_arm["a"].assign(preceded=0.0)  # nothing ahead: the sentence says what rose with the loss
+    assert L.group_sentence(calm) == ("no signal left its range before any of 8 loss spikes; max log Z rose "
+                                      "at the spike's own step in 100% of them")
     assert L.not_logged(by_arm["b"]) == ["max g²/v ratio", "max attention logit", "mean log Z",
                                          "attention output RMS"]
     whole = L.summarize(lead, by=None).set_index("signal")
@@ -271,7 +275,7 @@ def test_the_report_has_the_section_table_and_figure(tmp_path, monkeypatch):
     for arm in ("olmo2", "no\\_qk\\_norm"):
         assert (f"- **{arm}**: Adam update RMS led in 100% of 2 loss spikes, median {lead} steps ahead; "
                 f"layer {layer} led in 100% of those.") in section
-    assert "| olmo2 | grad norm | 2 | 100% | 0% | 5 | 1 (100%) | every step |" in section
+    assert "| olmo2 | grad norm | 2 | 100% | 0% | 0% | 5 | 1 (100%) | every step |" in section
     assert "not logged in any arm: update-gradient cosine" in section
     assert section.count("![leadlag](figures/leadlag.png)") == 1 and summary.count("figures/leadlag.png") == 1
     table = pd.read_csv(tmp_path / "tables" / "leadlag.csv").set_index(["arm", "signal"])
