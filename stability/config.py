@@ -147,10 +147,14 @@ class RewindConfig:
     """`train.on_spike = "rewind"`: on a loss spike (any rule) or a non-finite loss, go back to an
     in-memory snapshot at least `before` steps earlier, skip `skip_batches` batches of data and
     go on, at most `max_rewinds` times (PaLM restarted ~100 steps before a spike and skipped
-    200-500 batches). Snapshots are taken every `every` steps (0: every `train.log_every`)."""
+    200-500 batches). Snapshots are taken every `every` steps (0: every `train.log_every`).
+
+    The skip counts from the snapshot, as PaLM's does: the step gone back to trains on the batch
+    `skip_batches` further on, so the spike's own batch is left out only when `skip_batches`
+    exceeds the distance gone back (`before` up to `before + every`)."""
 
     before: int = 20
-    skip_batches: int = 20
+    skip_batches: int = 50
     max_rewinds: int = 3
     every: int = 0
 

@@ -354,8 +354,10 @@ class Trainer:
         if self.probes.monitor is not None:  # the spikes that set it off stay on record
             self.probes.monitor.events.extend(dataclasses.replace(e, action="rewind") for e in spikes)
         done = self.rewinder.record(spike_step, reason, value, event.step, snap.step, self.data_offset)
+        again = (f" (the spike's batch comes again: rewind.skip_batches <= the {spike_step - snap.step} "
+                 f"steps gone back)" if done.skipped_batches <= spike_step - snap.step else "")
         print(f"rewind {done.rewind}/{self.cfg.rewind.max_rewinds}: {reason} at step {spike_step}; "
-              f"back to step {snap.step}, skipping {done.skipped_batches} batches", file=sys.stderr)
+              f"back to step {snap.step}, skipping {done.skipped_batches} batches{again}", file=sys.stderr)
         self.callbacks.call("on_rewind", self, done)
         return done
 
