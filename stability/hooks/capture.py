@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stability.distributed import local_tensor
 from stability.probes.sublayers import tensor_of
 
 
@@ -28,15 +29,16 @@ class GradNorms:
         self._handles: list[Any] = []
 
     def read(self) -> None:
-        """Norms of the gradients as they are now (a parameter without a gradient: 0)."""
-        grads = [p.grad for p in self.params if p.grad is not None]
+        """Norms of the gradients as they are now (a parameter without a gradient: 0; an FSDP2
+        shard: its local part's)."""
+        grads = [local_tensor(p.grad) for p in self.params if p.grad is not None]
         if len(grads) == len(self.params):
             self._norms = torch.stack([n.float() for n in torch._foreach_norm(grads, 2.0)])
             return
         norms = torch.zeros(len(self.params), device=self.device)
         for i, p in enumerate(self.params):
             if p.grad is not None:
-                norms[i] = torch.linalg.vector_norm(p.grad)
+                norms[i] = torch.linalg.vector_norm(local_tensor(p.grad))
         self._norms = norms
 
     def watch(self) -> None:
@@ -48,7 +50,7 @@ class GradNorms:
     def _hook(self, i: int):
         def hook(p: torch.Tensor) -> None:  # must return None (else it replaces the grad)
             if p.grad is not None:
-                self._slot()[i].copy_(torch.linalg.vector_norm(p.grad))
+                self._slot()[i].copy_(torch.linalg.vector_norm(local_tensor(p.grad)))
         return hook
 
     @property

@@ -57,7 +57,7 @@ class StabilityCallback(TrainerCallback):
             mlflow.set_experiment(self.raw["experiment"])
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        if not state.is_world_process_zero or model is None:
+        if model is None:  # every rank monitors (collectives must match); rank 0 records
             return
         defaults: dict[str, Any] = {"clip_grad_norm": float(max(args.max_grad_norm or 0.0, 0.0)),
                                     "seed": int(args.seed),

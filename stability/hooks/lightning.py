@@ -40,8 +40,7 @@ class StabilityCallback(pl.Callback):
         self._steps = 0  # trainer.global_step at the last after_step
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
+        # every rank monitors (its collectives must match the others'); rank 0 records
         defaults: dict[str, Any] = {"output_dir": str(Path(trainer.default_root_dir) / "stability")}
         if trainer.gradient_clip_val and trainer.gradient_clip_algorithm in (None, "norm"):
             defaults["clip_grad_norm"] = float(trainer.gradient_clip_val)

@@ -40,6 +40,7 @@ from stability.hooks.capture import BlockOutputs, GradNorms, InputIds, StepLoss
 from stability.hooks.layer_maps import find_layer_map, has_attention_probe
 from stability.hooks.metrics import hook_registry, skipped
 from stability.hooks.options import HookOptions, parse_options
+from stability.hooks.parallel import hook_world, unwrapped
 from stability.hooks.spikes import HostSpikeMonitor
 from stability.hooks.tracking import HookTracking
 from stability.loss import LossParts
@@ -96,11 +97,16 @@ class StabilityMonitor:
                watch_loss: bool = False, attach_run_id: str | None = None,
                tracking_uri: str | None = None, start_step: int = 0) -> None:
         self.options, self.model, self.optimizer, self.hook = options, model, optimizer, hook
-        self.layer_map = find_layer_map(model, layer_map)
-        registry = hook_registry(has_attention_probe(self.layer_map),
+        self.inner = inner = unwrapped(model)  # DDP: the wrapped module's blocks are the model's
+        self.layer_map = find_layer_map(inner, layer_map)
+        self.world = hook_world(list(inner.parameters()))
+        # sharded blocks are not whole outside their forward: no attention recompute there
+        registry = hook_registry(has_attention_probe(self.layer_map) and not self.world.sharded,
                                  optimizer is not None and is_adam(optimizer))
         self.skipped = skipped(registry)
-        self.probes = HookSession(model, options.probes, layer_map=self.layer_map, registry=registry)
+        device = next(inner.parameters()).device
+        self.probes = HookSession(inner, options.probes, self.world.probe_dp(device),
+                                  layer_map=self.layer_map, registry=registry)
         if options.probes.spikes:
             self.probes.monitor = HostSpikeMonitor(options.probes)
         self.run_name = options.run_name or f"{hook}-{type(model).__name__}"
@@ -109,7 +115,6 @@ class StabilityMonitor:
         self.step = start_step
         self.diverged_at: int | None = None
         self.closed = False
-        device = self.probes.params[0].device
         self.buffer = StepBuffer(options.log_every, self.probes.step_spec.width, device)
         self.buffer.start = start_step
         self.grads = GradNorms(self.probes.params)
@@ -118,18 +123,18 @@ class StabilityMonitor:
         self.loss = StepLoss()
         if watch_loss:
             self.loss.watch(model)
-        self.blocks = BlockOutputs(self.layer_map.blocks_of(model))
-        self.inputs = InputIds(model) if self.probes.attn_spec.fields else None
+        self.blocks = BlockOutputs(self.layer_map.blocks_of(inner))
+        self.inputs = InputIds(inner) if self.probes.attn_spec.fields else None
         self.blocks.armed = self.probes.is_probe_step(self.step)
         self.probes.arm(self.step)
         self._zero = torch.zeros((), device=device)
         items = []
-        if options.tracking:
+        if options.tracking and self.world.is_rank0:  # every rank computes, rank 0 records
             items.append(HookTracking(attach_run_id, tracking_uri))
-        if options.probes.enabled:
+        if options.probes.enabled and self.world.is_rank0:
             items.extend([DenseCallback(), SpikesCsvCallback()])
         self.callbacks = Callbacks(items)
-        if self.skipped:
+        if self.skipped and self.world.is_rank0:
             print(f"stability hooks ({self.layer_map.name}): not measured here: "
                   f"{', '.join(self.skipped)}", file=sys.stderr)
         self.callbacks.call("on_train_start", self)
@@ -154,7 +159,7 @@ class StabilityMonitor:
         o = self.options
         out: dict[str, Any] = {k: v for k, v in vars(o).items() if k != "probes"}
         out.update(flatten({"probes": vars(o.probes)}))
-        out.update({"hook": self.hook, "model.class": type(self.model).__name__,
+        out.update({"hook": self.hook, "model.class": type(self.inner).__name__,
                     "model.layer_map": self.layer_map.name,
                     "optim.class": type(self.optimizer).__name__ if self.optimizer else None,
                     "optim.lr": self.lr()})
@@ -187,6 +192,7 @@ class StabilityMonitor:
                                "after_backward() after backward, before the optimizer step)")
         device = self._zero.device
         loss = self.loss.take(device)
+        norms, loss = self.world.reduce(norms, loss)  # the whole model's, every rank's batch
         grad_norm = torch.linalg.vector_norm(torch.stack(norms), 2.0)
         clip = self.options.clip_grad_norm
         coef = (torch.clamp(clip / (grad_norm + 1e-6), max=1.0) if clip > 0
@@ -195,7 +201,7 @@ class StabilityMonitor:
         self.buffer.append(self.probes.step_row(parts, grad_norm, coef, self._zero, norms))
         ids = self.inputs.take() if self.inputs is not None else None
         self.probes.has_batch = ids is not None
-        self.probes.after_step(self.step, parts, hidden, self.optimizer, self.model,
+        self.probes.after_step(self.step, parts, hidden, self.optimizer, self.inner,
                                ids if ids is not None else torch.zeros(0, dtype=torch.long), None)
         self._advance()
         if self.step % self.options.log_every == 0:

@@ -26,14 +26,30 @@ def llama(**overrides) -> nn.Module:
                                         num_key_value_heads=2, max_position_embeddings=64, **overrides))
 
 
+def qwen2(**overrides) -> nn.Module:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, max_position_embeddings=64, **overrides))
+
+
+def qwen3(**overrides) -> nn.Module:  # per-head q/k norm before RoPE
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    return Qwen3ForCausalLM(Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, head_dim=8,
+                                        num_key_value_heads=2, max_position_embeddings=64, **overrides))
+
+
 def gpt2(**overrides) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
     return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
                                       n_positions=64, **overrides))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"olmo2": olmo2, "llama": llama, "gpt2": gpt2}
-BLOCKS = {"olmo2": "model.layers", "llama": "model.layers", "gpt2": "transformer.h"}
+MODELS: dict[str, Callable[..., nn.Module]] = {"olmo2": olmo2, "llama": llama, "gpt2": gpt2,
+                                               "qwen2": qwen2, "qwen3": qwen3}
+BLOCKS = {"olmo2": "model.layers", "llama": "model.layers", "gpt2": "transformer.h",
+          "qwen2": "model.layers", "qwen3": "model.layers"}
 
 
 def layer_norms(model: nn.Module, blocks: str) -> list[float]:

@@ -1,6 +1,7 @@
-"""The attention probe through the HF adapters: q and k as OLMo 2, Llama and GPT-2 attend with
-them (after q/k norm and RoPE). The logged entropy equals the entropy of the model's own eager
-attention probabilities (`output_attentions`), computed in float64 from the same weights."""
+"""The attention probe through the HF adapters: q and k as OLMo 2, Llama, Qwen2, Qwen3 (per-head
+q/k norm) and GPT-2 attend with them (after q/k norm and RoPE). The logged entropy equals the
+entropy of the model's own eager attention probabilities (`output_attentions`), computed in
+float64 from the same weights."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from stability.hooks import StabilityMonitor
 from tests.hooks.helpers import MODELS, history
 
 
-@pytest.mark.parametrize("name", ["olmo2", "llama", "gpt2"])
+@pytest.mark.parametrize("name", ["olmo2", "llama", "gpt2", "qwen2", "qwen3"])
 def test_attention_entropy_matches_eager_probabilities(name, corpus, mlflow_uri, tmp_path) -> None:
     torch.manual_seed(0)
     model = MODELS[name](initializer_range=0.3)  # sharp attention: RoPE and q/k norm matter

@@ -51,7 +51,7 @@ def pick(model_name: str, param: str) -> str:
     return "attn" if param.startswith(("self_attn.", "attn.")) else "mlp"
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "qwen2", "qwen3"])
 def test_plain_loop_matches_independent_norms(name, corpus, mlflow_uri, tmp_path) -> None:
     monitor, layers, totals, parts = train(name, corpus, mlflow_uri, tmp_path / "run",
                                            arm="base", seed=1, experiment="hooks")
