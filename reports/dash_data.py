@@ -205,6 +205,22 @@ def event_precursors(lead: LL.LeadLag) -> Precursors:
     return out
 
 
+def leadlag_table(lead: LL.LeadLag, arms: list[str]) -> dict[str, Any] | None:
+    """The report's lead-lag summary for the spikes page: per arm its sentence and, per signal it
+    logged, spikes judged, the shares preceded / first / at the spike step, the median lead, the
+    leading layer and the cadence (`leadlag.summarize`); None without an analysed loss spike."""
+    if not (lead.spikes["status"] == LL.ANALYSED).any():
+        return None
+    summary = LL.summarize(lead, by=F.ARM)
+    by_arm = dict(tuple(summary.groupby(F.ARM, sort=False)))
+    rows = [{"arm": str(r[F.ARM]), "signal": str(r["name"]), "judged": int(r["n"]),
+             **{k: jsonable(r[k]) for k in ("preceded", "first", "same_step", "median_lead",
+                                             "leading_layer", "layer_share", "cadence")}}
+            for _, r in summary[summary["logged"].astype(bool)].iterrows()]
+    return {"horizon": lead.horizon, "z": lead.z, "rows": rows,
+            "sentences": {a: LL.group_sentence(by_arm[a]) for a in arms if a in by_arm}}
+
+
 def merge_events(spikes: pd.DataFrame, run_order: Iterable[str] = (),
                  precursors: Precursors | None = None) -> list[dict[str, Any]]:
     """One event per (run, step), in run order then step, each listing the rules that fired,
@@ -318,7 +334,8 @@ class DashData:
         index = SeriesIndex.from_frames(grid.series, grid.dense)
         runs = grid.runs.drop_duplicates(F.RUN_ID, keep="last")
         ids = [str(r) for r in runs[F.RUN_ID]]
-        events = merge_events(grid.spikes, ids, event_precursors(LL.grid_leadlag(grid)))
+        lead = LL.grid_leadlag(grid)
+        events = merge_events(grid.spikes, ids, event_precursors(lead))
         n_events: dict[str, int] = {}
         for e in events:
             n_events[e["run"]] = n_events.get(e["run"], 0) + 1
@@ -359,5 +376,6 @@ class DashData:
             "x_max": max((v for v in x_max.values()), default=0.0),
             "default_mode": "groups" if is_grid and any(len(g["runs"]) > 1 for g in groups) else "runs",
             "compare": compare_table(grid),
+            "leadlag": leadlag_table(lead, arms),
         }
         return cls(overview, index, {g["id"]: g["runs"] for g in groups})

@@ -42,7 +42,10 @@ from reports.tables import (
     write_tables,
 )
 
-HEADLINE = (F.FINAL_EVAL_LOSS, F.SPIKE_SCORE_GRAD_NORM, F.MAX_ATTN_LOGIT, F.MAX_GRAD_NORM)
+# what the printed headline compares: the first with a finite paired difference (runs without an
+# eval, e.g. through the hooks, fall back to the final training loss)
+HEADLINE = (F.FINAL_EVAL_LOSS, F.FINAL_TRAIN_LOSS, F.SPIKE_SCORE_GRAD_NORM, F.MAX_ATTN_LOGIT,
+            F.MAX_GRAD_NORM)
 RUN_TABLE_COLUMNS = (F.ARM, F.SEED, F.LR, F.STATUS, F.DIVERGED_AT_STEP, F.LAST_STEP, F.FINAL_EVAL_LOSS,
                      F.MAX_GRAD_NORM, F.MAX_ATTN_LOGIT, F.FINAL_LOG_Z, F.SPIKE_SCORE_LOSS,
                      F.SPIKE_SCORE_GRAD_NORM, F.N_SPIKES, F.GROWTH_ACT, F.GROWTH_GRAD)

@@ -921,6 +921,20 @@
     return specs.map((s) => new Panel(linker, { ...s, markers }));
   }
 
+  // the report's lead-lag summary (reports.leadlag, computed by the server), per arm
+  function leadlagSection(ll, arm) {
+    const pct = (v) => (v === null ? "—" : `${Math.round(100 * v)}%`);
+    const rows = ll.rows.filter((r) => !arm || r.arm === arm);
+    const sentences = Object.entries(ll.sentences).filter(([a]) => !arm || a === arm);
+    return h("div", { id: "leadlag" },
+      h("h2", { text: "what came before the loss spikes" }),
+      h("p", { class: "meta", text: `onset: a signal more than ${fmt(ll.z)} robust σ out of its recent range in the ${ll.horizon} steps up to a loss spike; lead = steps ahead (docs/leadlag.md)` }),
+      h("ul", {}, sentences.map(([a, t]) => h("li", {}, h("b", { text: a }), `: ${t}`))),
+      table(["arm", "signal", "spikes judged", "preceded", "first", "at the spike step", "median lead (steps)", "leading layer (share)", "cadence (steps)"],
+        rows.map((r) => [r.arm, r.signal, num(r.judged), r.judged ? pct(r.preceded) : "—", r.judged ? pct(r.first) : "—", r.judged ? pct(r.same_step) : "—",
+          num(r.median_lead), r.leading_layer === null ? "—" : `${r.leading_layer} (${pct(r.layer_share)})`, num(r.cadence)]), "leadlag"));
+  }
+
   function eventsTable(events, withRun) {
     const byId = runById();
     return table([...(withRun ? ["run", "arm", "seed"] : []), "step", "rules fired (σ)", "leading layer (σ)", "attn logits rising", "log Z rising", "precursors (before a loss spike)", ""],
@@ -1023,6 +1037,7 @@
         h("div", { class: "controls" }, sel("arm", "arm", ov.arms), sel("rule", "rule", rules), sel("layer", "leading layer", layers), text),
         h("p", { class: "meta", id: "spike-count", text: `${shown.length} events (one per run and step; ${nRules} rule firings) in ${new Set(shown.map((e) => e.run)).size} runs` }),
         layers.length ? h("div", {}, h("h2", { text: "events by arm and leading layer" }), heat) : null,
+        ov.leadlag ? leadlagSection(ov.leadlag, f.arm) : null,
         h("h2", { text: "events" }), shown.length ? eventsTable(shown, true) : h("p", { text: "no spike events" }));
     }
     refresh() { this.render(); }

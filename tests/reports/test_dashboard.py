@@ -108,6 +108,17 @@ def test_a_loss_spike_event_lists_its_precursors_in_the_served_and_the_static_js
         (M.UPDATE_RMS, "Adam update RMS", 0, 10, 1), (M.GRAD_NORM, "grad norm", 1, 5, 1)]
     assert all(p["sigma"] > 5 for p in loss["precursors"])
     assert events[("r000_olmo2", 60)]["precursors"] is None  # a grad-norm spike, not a loss spike
+    # the report's lead-lag summary, as the report computes it
+    from reports import leadlag as LL
+    summary = LL.summarize(LL.grid_leadlag(grid)).set_index([F.ARM, "signal"])
+    rows = {(r["arm"], r["signal"]): r for r in ov["leadlag"]["rows"]}
+    update = rows[("olmo2", "Adam update RMS")]
+    want = summary.loc[("olmo2", M.UPDATE_RMS)]
+    assert (update["judged"], update["preceded"], update["first"], update["median_lead"]) == \
+        (int(want["n"]), want["preceded"], want["first"], want["median_lead"])
+    assert ov["leadlag"]["sentences"]["olmo2"] == LL.group_sentence(LL.summarize(LL.grid_leadlag(grid))
+                                                                     .query("arm == 'olmo2'"))
+    assert "no_qk_norm" not in ov["leadlag"]["sentences"]  # no loss spike there
     payload = json.loads(Scripts(write_dashboard(grid, tmp_path).read_text()).scripts[1][1])
     assert payload["overview"]["events"] == ov["events"]
 

@@ -210,6 +210,11 @@ def test_a_loss_spike_lists_its_precursors_in_the_events_and_its_view(page, tmp_
     rows = page.eval("[...document.querySelectorAll('table.events tbody tr')].map(r => r.innerText)")
     text = "update/rms layer 0, 10 steps before; grad/norm layer 1, 5 steps before"  # factories.PRECURSORS
     assert len(rows) == 1 and text in rows[0]
+    summary = page.eval("[...document.querySelectorAll('#leadlag table.leadlag tbody tr')]"
+                        ".map(r => r.innerText)")
+    assert any(r.startswith("olmo2\tAdam update RMS\t1\t100%\t100%\t0%\t10") for r in summary), summary
+    section = page.eval("document.getElementById('leadlag').innerText")
+    assert "Adam update RMS led in 100% of 1 loss spike" in section
     open_page(page, url + "#/spike/r000_olmo2/120")
     caption = page.eval("document.getElementById('spike-caption').textContent")
     assert caption.endswith(f"before it: {text}")

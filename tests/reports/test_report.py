@@ -13,6 +13,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import reports.load
@@ -87,7 +88,7 @@ def test_too_few_seeds_is_said_once_per_report(reported):
     assert (out / "tables" / "compare.tex").read_text().count("too few seeds") == 1
     assert stdout.count("too few seeds") == 1
     header, rows = table_rows(compare)
-    assert len(rows) == 2 * 10  # 2 arms x 10 metrics
+    assert len(rows) == 2 * 11  # 2 arms x 11 metrics
     for row in rows:  # no row repeats it; p cells are empty, and the note line says why
         assert "too few" not in " ".join(row)
         assert row[header.index("p")] == row[header.index("p (Holm)")] == "—"
@@ -161,6 +162,14 @@ def test_headline_orders_arms_by_lr_and_names_the_baseline_used():
     lone = synthetic_grid(arms=("a",), seeds=(0,), steps=20, baseline="a")
     assert headline_text(lone, compare_arms(lone, "a", n_boot=200), {"x": "why"}).splitlines() == \
         ["synthetic: no paired difference against a baseline (arms: a)", "not drawn:", "  x: why"]
+
+
+def test_runs_without_an_eval_headline_the_final_training_loss():
+    grid = synthetic_grid(arms=("a", "b"), seeds=(0, 1, 2), steps=40, baseline="a", arm_offset={"b": 0.5})
+    grid.runs[[F.FINAL_EVAL_LOSS, F.BEST_EVAL_LOSS]] = np.nan  # a hook run: the loop has no eval
+    compare = compare_arms(grid, "a", n_boot=200)
+    first = headline_text(grid, compare, {}).splitlines()[0]
+    assert first == f"synthetic: {F.FINAL_TRAIN_LOSS}, arm - a (mean [95% CI], 3 seeds):"
 
 
 def test_without_loss_spikes_the_lead_lag_section_is_one_line(reported):
