@@ -259,15 +259,17 @@ def test_finish_with_a_slow_store_spools_the_backlog_at_its_deadline(tmp_path):
     tracker = _tracker(uri, tmp_path)
     real = tracker._sender.send
 
+    pace = 1.5  # s per request: the backlog takes 10 x this, finish waits its 0.5 s + one request
+
     def slow(group, timeout=tracking.SEND_TIMEOUT_S):
-        time.sleep(0.3)
+        time.sleep(pace)
         return real(group, timeout)
 
     tracker._sender.send = slow
-    _log_steps(tracker, range(2000))  # 10 requests of 1000 points: about 3 s at this pace
+    _log_steps(tracker, range(2000))  # 10 requests of 1000 points: 15 s at this pace
     t0 = time.monotonic()
     path = tracker.finish("finished", timeout=0.5)
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 5 * pace  # a third of the backlog: it did not wait for all of it
     assert path is not None and path.exists()
     assert replay_spool(path) > 0  # the URI recorded in the spool
     _assert_exactly_once(uri, tracker.run_id, 2000)
