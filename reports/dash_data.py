@@ -251,7 +251,7 @@ def merge_events(spikes: pd.DataFrame, run_order: Iterable[str] = (),
             "attn_logit_rising": _any_true(g["attn_logit_rising"]),
             "log_z_rising": _any_true(g["log_z_rising"]),
             "precursors": (precursors or {}).get((rid, int(step))),
-            "rewound": bool("action" in g and (g["action"].astype(str) == "rewind").any()),
+            "rewound": bool(F.rewound(g).any()),
         })
     return events
 

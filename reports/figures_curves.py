@@ -128,7 +128,7 @@ def _draw_arm(ax: Axes, grid: F.GridData, group: pd.DataFrame, data: Series, *, 
                         gid=f"band|{gid}")
     if style.spike_series is not None:
         ev = spike_events(grid, ids, style.spike_series)
-        rewound = ev["action"].astype(str) == "rewind" if "action" in ev else pd.Series(False, index=ev.index)
+        rewound = F.rewound(ev)
         pts = [(int(s), value_at(raw_mean, int(s))) for s in ev.loc[~rewound, "step"]]
         drawn.spike = _markers(ax, pts, color, f"spikes|{gid}", diverged=False)
         # the logged series holds the re-run steps: mark the spike at its own value (seed mean)

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from stability import store
-from stability.spikes import EVENT_COLUMNS
+from stability.spikes import EVENT_COLUMNS, REWOUND
 
 # runs: identity and tags
 RUN_ID = "run_id"
@@ -177,3 +177,11 @@ def layer_frame(grid: GridData, key: str, run_ids: Iterable[str] | None = None, 
     out = d.reset_index(drop=True)
     out.loc[~np.isfinite(out["value"].astype(float)), "value"] = np.nan
     return out
+
+
+def rewound(spikes: pd.DataFrame) -> pd.Series:
+    """Per spike event row: whether training rewound from it (action `REWOUND`; NaN where a CSV
+    cell was empty, and no column at all in files older than rewinds, both read as not)."""
+    if "action" not in spikes:
+        return pd.Series(False, index=spikes.index)
+    return spikes["action"].astype(str) == REWOUND

@@ -113,8 +113,7 @@ def loss_spike_steps(spikes: pd.DataFrame) -> dict[str, list[int]]:
     if spikes is None or not len(spikes):
         return {}
     metric = spikes["series"].astype(str).str.rsplit("@", n=1).str[0]
-    action = spikes["action"].astype(str) if "action" in spikes else ""
-    loss = spikes[metric.isin(LOSS_SERIES) & (action != "rewind")]
+    loss = spikes[metric.isin(LOSS_SERIES) & ~F.rewound(spikes)]
     steps = pd.to_numeric(loss["step"], errors="coerce")
     out: dict[str, list[int]] = {}
     for rid, s in steps.groupby(loss[F.RUN_ID].astype(str), sort=False):

@@ -64,6 +64,8 @@ OLMO2_RULE = SpikeRule("olmo2", window=1000, sigma=7.0, one_sided=False, min_his
 ONLINE_RULE = SpikeRule("online", window=128, sigma=6.0, one_sided=True, min_history=64,
                         inclusive=False, score_window=10000, percent=False)
 
+REWOUND = "rewind"  # a spike event's `action` when training went back from it
+
 
 @dataclass
 class SpikeEvent:
@@ -79,7 +81,7 @@ class SpikeEvent:
     leading_sigma: float | None = None
     attn_logit_rising: bool | None = None
     log_z_rising: bool | None = None
-    action: str = ""  # "rewind": training went back from this spike (`train.on_spike`)
+    action: str = ""  # REWOUND: training went back from this spike (`train.on_spike`)
 
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(SpikeEvent))

@@ -50,6 +50,7 @@ from stability.probes.session import ProbeSession
 from stability.rewind import Rewind, Rewinder
 from stability.schedule import lr_at
 from stability.seeding import derive_seeds, init_generator
+from stability.spikes import REWOUND
 from stability.stop import ALWAYS, StopRequest, handling
 
 # Read-out series that are the read-out's, not a step's (logged at its last step).
@@ -352,7 +353,7 @@ class Trainer:
         self.data_offset += self.cfg.rewind.skip_batches
         self.rewinder.ring.drop_after(snap.step)
         if self.probes.monitor is not None:  # the spikes that set it off stay on record
-            self.probes.monitor.events.extend(dataclasses.replace(e, action="rewind") for e in spikes)
+            self.probes.monitor.events.extend(dataclasses.replace(e, action=REWOUND) for e in spikes)
         done = self.rewinder.record(spike_step, reason, value, event.step, snap.step, self.data_offset)
         again = (f" (the spike's batch comes again: rewind.skip_batches <= the {spike_step - snap.step} "
                  f"steps gone back)" if done.skipped_batches <= spike_step - snap.step else "")
